@@ -1,0 +1,15 @@
+#ifndef CHIREDIS_H
+#define CHIREDIS_H
+
+// Debian's libhiredis-dev 0.14.1: the synchronous API, the reply reader and the async API.
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+// Shims for what the Swift importer cannot reach, named CHiredis_<original>.
+
+/// REDIS_CONNECTED is a macro flag on redisContext.flags.
+static inline int CHiredis_REDIS_CONNECTED(const redisAsyncContext *ac) {
+    return (ac->c.flags & REDIS_CONNECTED) != 0;
+}
+
+#endif

@@ -1,0 +1,497 @@
+import CHiredis
+import Dispatch
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// The engine behind ``RedisConnection``: one hiredis async context at a time, its adapter, the
+/// commands in flight, the deadline timer, and the reconnect state machine.
+///
+/// Phases: `resolving` → `connecting` → `handshaking` (AUTH, SELECT, PING) → `ready`; any failure
+/// before `ready` goes to `backoff`, which reconnects when its delay is over; a failure while
+/// `ready` reconnects at once. `closed` is final.
+///
+/// hiredis calls back into this object through the context's `data` pointer, which is unretained:
+/// the core outlives every context it creates, because a context is freed (or handed to hiredis
+/// to free) before `close` finishes, and `close` is the last thing the owning handle does.
+// @unchecked Sendable: every stored var is read and written only on `queue`, the connection's
+// serial queue (all entry points hop onto it); `connected` is an Atomic read from any thread.
+final class ConnectionCore: @unchecked Sendable {
+    typealias Completion = @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
+
+    private struct Pending {
+        var deadline: UInt64
+        var completion: Completion
+    }
+
+    private enum Phase {
+        case resolving, connecting, handshaking, ready, backoff, closed
+    }
+
+    let server: RedisServer
+    let options: RedisConnectionOptions
+    private let serverName: String
+    private let observer: (@Sendable (RedisConnectionState) -> Void)?
+    private let queue: DispatchQueue
+    private let timer: any DispatchSourceTimer
+    private let connected = Atomic<Bool>(false)
+
+    private var phase = Phase.backoff
+    private var context: UnsafeMutablePointer<redisAsyncContext>?
+    private var adapter: DispatchEventAdapter?
+    /// Commands handed to hiredis, in the order their replies will come.
+    private var inflight = FIFO<Pending>()
+    /// Commands sent while connecting: they go out once the handshake is done.
+    private var waiting = FIFO<(command: RedisCommand, pending: Pending)>()
+    private var armedDeadline = UInt64.max
+    private var connectDeadline = UInt64.max
+    private var reconnectAt = UInt64.max
+    private var failures = 0
+    private var generation: UInt64 = 0
+    private var lastError: RedisConnectionError?
+    private var reportedConnected: Bool?
+
+    init(
+        server: RedisServer,
+        options: RedisConnectionOptions,
+        observer: (@Sendable (RedisConnectionState) -> Void)?
+    ) {
+        self.server = server
+        self.options = options
+        self.observer = observer
+        serverName = server.description
+        queue = DispatchQueue(label: "multiredlock.redis.\(server.description)")
+        timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.setEventHandler { [weak self] in self?.timerFired() }
+        timer.schedule(deadline: .distantFuture)
+        // Activated once and never suspended: it is rescheduled, and cancelled on close.
+        timer.activate()
+    }
+
+    deinit {
+        assert(context == nil, "a hiredis context outlived its connection")
+    }
+
+    var isConnected: Bool { connected.load(ordering: .acquiring) }
+
+    func start() {
+        queue.async { self.connect() }
+    }
+
+    // MARK: Commands
+
+    func submit(_ command: RedisCommand, timeout: Duration, completion: @escaping Completion) {
+        guard command.count > 0 else {
+            completion(.failure(error(.invalidCommand, "a command needs at least its name")))
+            return
+        }
+        let pending = Pending(deadline: deadline(after: timeout), completion: completion)
+        queue.async { self.enqueue(command, pending) }
+    }
+
+    private func enqueue(_ command: RedisCommand, _ pending: Pending) {
+        switch phase {
+        case .ready:
+            issue(command, pending)
+        case .resolving, .connecting, .handshaking:
+            waiting.append((command, pending))
+            arm(pending.deadline)
+        case .backoff:
+            let reason = lastError.map { "connection is down (\($0.kind.rawValue): \($0.message))" }
+            pending.completion(.failure(error(.notConnected, reason ?? "connection is down")))
+        case .closed:
+            pending.completion(.failure(error(.closed, "connection was closed")))
+        }
+    }
+
+    private func issue(_ command: RedisCommand, _ pending: Pending) {
+        guard let context else {
+            pending.completion(.failure(error(.notConnected, "connection is down")))
+            return
+        }
+        let status = command.withArgv { argc, argv, lengths in
+            redisAsyncCommandArgv(context, replyCallback, nil, argc, argv, lengths)
+        }
+        if status == REDIS_OK {
+            inflight.append(pending)
+            arm(pending.deadline)
+        } else {
+            let reason = contextError(context.pointee.c) ?? "hiredis refused the command"
+            pending.completion(.failure(error(.notConnected, reason)))
+        }
+    }
+
+    /// A reply, or NULL when hiredis is dropping the connection: the command's outcome is unknown.
+    fileprivate func didReceive(_ reply: UnsafeMutableRawPointer?, on context: UnsafeMutablePointer<redisAsyncContext>)
+    {
+        guard let pending = inflight.popFirst() else { return }
+        if let reply {
+            pending.completion(.success(RedisReply(copying: reply.assumingMemoryBound(to: redisReply.self))))
+        } else {
+            let reason = contextError(context.pointee.c) ?? "connection lost"
+            pending.completion(.failure(error(.connectionLost, reason)))
+        }
+    }
+
+    // MARK: Connecting
+
+    private func connect() {
+        guard phase != .closed else { return }
+        generation &+= 1
+        reconnectAt = .max
+        connectDeadline = deadline(after: options.connectTimeout)
+        arm(connectDeadline)
+        if let path = server.unixSocketPath {
+            open { redisAsyncConnectUnix(path) }
+        } else if isNumericAddress(server.host) {
+            let (host, port) = (server.host, Int32(server.port))
+            open { redisAsyncConnect(host, port) }
+        } else {
+            // getaddrinfo blocks: resolve on a global queue, never on the connection's.
+            phase = .resolving
+            let (host, port, generation) = (server.host, Int32(server.port), generation)
+            DispatchQueue.global().async {
+                let resolved = resolve(host)
+                self.queue.async {
+                    guard self.phase == .resolving, self.generation == generation else { return }
+                    switch resolved {
+                    case .success(let address):
+                        self.open { redisAsyncConnect(address, port) }
+                    case .failure(let failure):
+                        self.connectFailed(self.error(.connectFailed, "cannot resolve \(host): \(failure.message)"))
+                    }
+                }
+            }
+        }
+    }
+
+    private func open(_ make: () -> UnsafeMutablePointer<redisAsyncContext>?) {
+        phase = .connecting
+        guard let context = make() else {
+            connectFailed(error(.connectFailed, "hiredis could not allocate a context"))
+            return
+        }
+        if context.pointee.err != 0 {
+            let reason = contextError(context.pointee.c) ?? "connect failed"
+            redisAsyncFree(context)
+            connectFailed(error(.connectFailed, reason))
+            return
+        }
+        guard let adapter = DispatchEventAdapter.attach(to: context, queue: queue) else {
+            redisAsyncFree(context)
+            connectFailed(error(.connectFailed, "the hiredis context already had an event adapter"))
+            return
+        }
+        context.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        self.context = context
+        self.adapter = adapter
+        redisAsyncSetConnectCallback(context, connectCallback)
+        redisAsyncSetDisconnectCallback(context, disconnectCallback)
+    }
+
+    /// hiredis's connect callback, status OK: run the handshake. Nothing is freed in here
+    /// (freeing inside this callback crashes hiredis 0.14.1); failures free on a later turn.
+    fileprivate func didConnect() {
+        guard phase == .connecting else { return }
+        phase = .handshaking
+        let deadline = connectDeadline
+        if let password = server.password {
+            var auth: RedisCommand = ["AUTH"]
+            if let username = server.username { auth.append(username) }
+            auth.append(password)
+            handshake(auth, deadline) { reply in
+                if case .error(let message) = reply {
+                    self.handshakeFailed(self.error(.authenticationFailed, "authentication failed: \(message)"))
+                }
+            }
+        }
+        if let database = server.database {
+            handshake(["SELECT", String(database)], deadline) { reply in
+                if case .error(let message) = reply {
+                    self.handshakeFailed(self.error(.handshakeFailed, "SELECT \(database) failed: \(message)"))
+                }
+            }
+        }
+        handshake(["PING"], deadline) { reply in
+            guard self.phase == .handshaking else { return }
+            if case .error(let message) = reply {
+                let kind: RedisConnectionError.Kind =
+                    message.hasPrefix("NOAUTH") || message.hasPrefix("WRONGPASS")
+                    ? .authenticationFailed : .handshakeFailed
+                let prefix = kind == .authenticationFailed ? "authentication failed" : "PING failed"
+                self.handshakeFailed(self.error(kind, "\(prefix): \(message)"))
+            } else {
+                self.becameReady()
+            }
+        }
+    }
+
+    private func handshake(
+        _ command: RedisCommand,
+        _ deadline: UInt64,
+        _ onReply: @escaping @Sendable (RedisReply) -> Void
+    ) {
+        // A failure (timeout, lost connection) is handled by whoever failed the connection.
+        issue(command, Pending(deadline: deadline) { result in
+            if case .success(let reply) = result { onReply(reply) }
+        })
+    }
+
+    private func handshakeFailed(_ failure: RedisConnectionError) {
+        guard phase == .handshaking else { return }
+        dropContext(failing: failure)
+        connectFailed(failure)
+    }
+
+    private func becameReady() {
+        phase = .ready
+        failures = 0
+        lastError = nil
+        connectDeadline = .max
+        connected.store(true, ordering: .releasing)
+        while let (command, pending) = waiting.popFirst() {
+            issue(command, pending)
+        }
+        report(.connected)
+    }
+
+    /// A connect attempt failed: fail what waited for it, report, and back off.
+    private func connectFailed(_ failure: RedisConnectionError) {
+        guard phase != .closed else { return }
+        phase = .backoff
+        lastError = failure
+        connectDeadline = .max
+        for (_, pending) in waiting.removeAll() {
+            pending.completion(.failure(failure))
+        }
+        report(.disconnected(failure))
+        failures += 1
+        let initial = Double(options.reconnectInitialDelay.nanoseconds)
+        let delay = min(Double(options.reconnectMaxDelay.nanoseconds), initial * pow(2, Double(min(failures - 1, 30))))
+        reconnectAt = DispatchTime.now().uptimeNanoseconds + UInt64(delay * Double.random(in: 0.5...1))
+        arm(reconnectAt)
+    }
+
+    /// A working connection broke (or was dropped on a deadline): report and reconnect at once.
+    private func connectionLost(_ failure: RedisConnectionError) {
+        guard phase != .closed else { return }
+        lastError = failure
+        connected.store(false, ordering: .releasing)
+        report(.disconnected(failure))
+        connect()
+    }
+
+    /// hiredis's connect callback, status ERR: hiredis frees the context when this returns.
+    fileprivate func didFailToConnect(_ context: UnsafePointer<redisAsyncContext>) {
+        let reason = contextError(context.pointee.c) ?? "connect failed"
+        forgetContext(context)
+        connectFailed(error(.connectFailed, reason))
+    }
+
+    /// hiredis's disconnect callback: hiredis has failed every pending command with a NULL reply and
+    /// frees the context when this returns.
+    fileprivate func didDisconnect(_ context: UnsafePointer<redisAsyncContext>) {
+        let reason = contextError(context.pointee.c) ?? "server closed the connection"
+        forgetContext(context)
+        let failure = error(.connectionLost, reason)
+        for pending in inflight.removeAll() { pending.completion(.failure(failure)) }
+        if phase == .ready { connectionLost(failure) } else { connectFailed(failure) }
+    }
+
+    /// The context is hiredis's to free: stop hearing from it, keep its adapter alive until the free
+    /// (the cleanup hook still points at it), and forget it.
+    private func forgetContext(_ context: UnsafePointer<redisAsyncContext>) {
+        UnsafeMutablePointer(mutating: context).pointee.data = nil
+        if let adapter {
+            queue.async { withExtendedLifetime(adapter) {} }
+        }
+        self.context = nil
+        self.adapter = nil
+    }
+
+    /// Drops the current context on purpose: pending commands fail with `failure`, and the context is
+    /// freed on a later queue turn, never inside a hiredis callback.
+    private func dropContext(failing failure: RedisConnectionError) {
+        if let context, let adapter {
+            context.pointee.data = nil
+            adapter.detach()
+            let handle = ContextHandle(pointer: context)
+            queue.async {
+                if !adapter.contextFreed { redisAsyncFree(handle.pointer) }
+            }
+        }
+        context = nil
+        adapter = nil
+        for pending in inflight.removeAll() { pending.completion(.failure(failure)) }
+    }
+
+    // MARK: Deadlines
+
+    private func timerFired() {
+        armedDeadline = .max
+        let now = DispatchTime.now().uptimeNanoseconds
+        switch phase {
+        case .resolving, .connecting, .handshaking:
+            if now >= connectDeadline {
+                let failure = error(
+                    .connectTimeout,
+                    "no connection and PING reply within \(options.connectTimeout) (server down or hung?)")
+                dropContext(failing: failure)
+                connectFailed(failure)
+            }
+        case .ready:
+            if inflight.contains(where: { $0.deadline <= now }) {
+                let failure = error(.timeout, "no reply before the deadline; the connection was replaced")
+                dropContext(failing: failure)
+                connectionLost(failure)
+            }
+        case .backoff:
+            if now >= reconnectAt { connect() }
+        case .closed:
+            return
+        }
+        for (_, pending) in waiting.remove(where: { $0.pending.deadline <= now }) {
+            let reason = lastError.map { ": \($0.message)" } ?? ""
+            pending.completion(.failure(error(.notConnected, "no connection before the deadline\(reason)")))
+        }
+        var next = min(reconnectAt, connectDeadline)
+        next = min(next, inflight.min { $0.deadline } ?? .max)
+        next = min(next, waiting.min { $0.pending.deadline } ?? .max)
+        arm(next)
+    }
+
+    /// Makes sure the timer fires no later than `deadline`.
+    private func arm(_ deadline: UInt64) {
+        guard deadline < armedDeadline, phase != .closed else { return }
+        armedDeadline = deadline
+        timer.schedule(deadline: DispatchTime(uptimeNanoseconds: deadline), leeway: .milliseconds(1))
+    }
+
+    private func deadline(after duration: Duration) -> UInt64 {
+        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(duration.nanoseconds)
+        return overflow ? .max : sum
+    }
+
+    // MARK: Closing
+
+    func close(then completion: (@Sendable () -> Void)?) {
+        queue.async {
+            if self.phase != .closed {
+                let failure = self.error(.closed, "connection was closed")
+                self.dropContext(failing: failure)
+                for (_, pending) in self.waiting.removeAll() { pending.completion(.failure(failure)) }
+                self.phase = .closed
+                self.timer.cancel()
+                if self.connected.exchange(false, ordering: .acquiringAndReleasing) {
+                    self.report(.disconnected(failure))
+                }
+            }
+            // After the deferred free that dropContext queued.
+            if let completion { self.queue.async { completion() } }
+        }
+    }
+
+    // MARK: Helpers
+
+    private func report(_ state: RedisConnectionState) {
+        let isUp = state == .connected
+        guard reportedConnected != isUp else { return }
+        reportedConnected = isUp
+        observer?(state)
+    }
+
+    private func error(_ kind: RedisConnectionError.Kind, _ message: String) -> RedisConnectionError {
+        RedisConnectionError(kind, server: serverName, message: message)
+    }
+}
+
+// MARK: - hiredis callbacks
+
+/// A context pointer carried into a closure that runs on the same serial queue.
+// @unchecked Sendable: the pointer is only dereferenced on the connection's queue, like every other
+// use of the context.
+private struct ContextHandle: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<redisAsyncContext>
+}
+
+private func core(of context: UnsafePointer<redisAsyncContext>) -> ConnectionCore? {
+    guard let data = context.pointee.data else { return nil }
+    return Unmanaged<ConnectionCore>.fromOpaque(data).takeUnretainedValue()
+}
+
+private let replyCallback: @convention(c) (
+    UnsafeMutablePointer<redisAsyncContext>?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?
+) -> Void = { context, reply, _ in
+    guard let context, let core = core(of: context) else { return }
+    core.didReceive(reply, on: context)
+}
+
+private let connectCallback: @convention(c) (UnsafePointer<redisAsyncContext>?, Int32) -> Void = {
+    context, status in
+    guard let context, let core = core(of: context) else { return }
+    if status == REDIS_OK { core.didConnect() } else { core.didFailToConnect(context) }
+}
+
+private let disconnectCallback: @convention(c) (UnsafePointer<redisAsyncContext>?, Int32) -> Void = {
+    context, _ in
+    guard let context, let core = core(of: context) else { return }
+    core.didDisconnect(context)
+}
+
+/// The context's error text, or nil when it has none.
+private func contextError(_ context: redisContext) -> String? {
+    guard context.err != 0 else { return nil }
+    var errstr = context.errstr
+    let text = withUnsafeBytes(of: &errstr) { bytes in
+        String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+    }
+    return text.isEmpty ? "error \(context.err)" : text
+}
+
+private func isNumericAddress(_ host: String) -> Bool {
+    var buffer = in6_addr()
+    return inet_pton(AF_INET, host, &buffer) == 1 || inet_pton(AF_INET6, host, &buffer) == 1
+}
+
+private struct ResolveFailure: Error {
+    var message: String
+}
+
+/// Resolves a host name to a numeric address with getaddrinfo (blocking: call off the connection's queue).
+private func resolve(_ host: String) -> Result<String, ResolveFailure> {
+    var hints = addrinfo()
+    hints.ai_family = AF_UNSPEC
+    #if canImport(Glibc)
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+    #else
+        hints.ai_socktype = SOCK_STREAM
+    #endif
+    var results: UnsafeMutablePointer<addrinfo>?
+    let status = getaddrinfo(host, nil, &hints, &results)
+    guard status == 0, let first = results else {
+        return .failure(ResolveFailure(message: String(cString: gai_strerror(status))))
+    }
+    defer { freeaddrinfo(results) }
+    var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+    let family = first.pointee.ai_family
+    let converted: UnsafePointer<CChar>?
+    if family == AF_INET {
+        var address = first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+            $0.pointee.sin_addr
+        }
+        converted = inet_ntop(family, &address, &buffer, socklen_t(buffer.count))
+    } else {
+        var address = first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
+            $0.pointee.sin6_addr
+        }
+        converted = inet_ntop(family, &address, &buffer, socklen_t(buffer.count))
+    }
+    guard converted != nil else {
+        return .failure(ResolveFailure(message: "inet_ntop failed"))
+    }
+    return .success(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+}

@@ -1,0 +1,140 @@
+import CHiredis
+import Dispatch
+
+/// The hiredis event-loop adapter for Dispatch, shaped like hiredis's own `adapters/libevent.h`:
+/// one object holding the context and its two event sources, idempotent add/del read/write and
+/// cleanup hooks, one handler per direction, and `attach`, which refuses a context that already has
+/// an adapter.
+///
+/// Everything here runs on the connection's serial queue, which is also the sources' target queue,
+/// so no two threads ever call into one context.
+///
+/// libdispatch on Linux crashes when a suspended or never-activated source is released, or when a
+/// source is resumed once too often; and a suspended read source was measured to lose events. So
+/// both sources are activated at once, the read source is never suspended (hiredis's delRead only
+/// clears a flag), the write source is suspended and resumed behind a flag, and cleanup cancels
+/// both and resumes the write source if it is suspended.
+// @unchecked Sendable: every stored property is touched only on `queue` (the connection's serial queue);
+// closures that cross to that queue capture the adapter only to run there.
+final class DispatchEventAdapter: @unchecked Sendable {
+    private let context: UnsafeMutablePointer<redisAsyncContext>
+    private let queue: DispatchQueue
+    private let readSource: any DispatchSourceRead
+    private let writeSource: any DispatchSourceWrite
+    private var writeArmed = true
+    private var flushScheduled = false
+    private var inWriteHandler = false
+
+    /// Set once the sources are cancelled: by hiredis's cleanup hook (the context is being freed)
+    /// or by `detach()` (the owner is about to free it). No handler touches the context after.
+    private(set) var isDetached = false
+    /// Set by hiredis's cleanup hook: hiredis is freeing, or has freed, the context.
+    private(set) var contextFreed = false
+
+    private init(context: UnsafeMutablePointer<redisAsyncContext>, queue: DispatchQueue) {
+        self.context = context
+        self.queue = queue
+        let fd = context.pointee.c.fd
+        readSource = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        writeSource = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: queue)
+    }
+
+    /// Installs the adapter's hooks on `context`. Returns nil when the context already has an
+    /// adapter. The caller keeps the adapter alive until hiredis has freed the context
+    /// (`contextFreed`); hiredis itself holds only an unretained pointer to it.
+    static func attach(
+        to context: UnsafeMutablePointer<redisAsyncContext>,
+        queue: DispatchQueue
+    ) -> DispatchEventAdapter? {
+        guard context.pointee.ev.data == nil else { return nil }
+        let adapter = DispatchEventAdapter(context: context, queue: queue)
+        context.pointee.ev.data = Unmanaged.passUnretained(adapter).toOpaque()
+        context.pointee.ev.addRead = { adapterFrom($0)?.addRead() }
+        context.pointee.ev.delRead = { adapterFrom($0)?.delRead() }
+        context.pointee.ev.addWrite = { adapterFrom($0)?.addWrite() }
+        context.pointee.ev.delWrite = { adapterFrom($0)?.delWrite() }
+        context.pointee.ev.cleanup = { adapterFrom($0)?.cleanup() }
+
+        adapter.readSource.setEventHandler { [weak adapter] in adapter?.handleRead() }
+        adapter.writeSource.setEventHandler { [weak adapter] in adapter?.handleWrite() }
+        // Both sources start armed: the write source tells when connect(2) completes, and the read
+        // source must be registered from the start too, or a refused connect can go unreported.
+        adapter.readSource.activate()
+        adapter.writeSource.activate()
+        return adapter
+    }
+
+    private func handleRead() {
+        guard !isDetached else { return }
+        redisAsyncHandleRead(context)
+    }
+
+    private func handleWrite() {
+        guard !isDetached else { return }
+        inWriteHandler = true
+        redisAsyncHandleWrite(context)
+        inWriteHandler = false
+    }
+
+    // MARK: hiredis hooks
+
+    private func addRead() {
+        // The read source stays armed for the adapter's whole life.
+    }
+
+    private func delRead() {
+        // Never suspended: see the type's comment.
+    }
+
+    /// hiredis has buffered a command. Once connected, flush at the end of this queue turn instead
+    /// of waiting for the write source, so commands issued in one turn leave in one write(2).
+    /// While connecting, and when a flush could not write everything, wait for writability.
+    private func addWrite() {
+        guard !isDetached else { return }
+        if inWriteHandler || CHiredis_REDIS_CONNECTED(context) == 0 {
+            armWrite()
+        } else if !flushScheduled {
+            flushScheduled = true
+            queue.async { [weak self] in self?.flush() }
+        }
+    }
+
+    private func delWrite() {
+        guard !isDetached, writeArmed else { return }
+        writeArmed = false
+        writeSource.suspend()
+    }
+
+    private func cleanup() {
+        contextFreed = true
+        detach()
+    }
+
+    private func armWrite() {
+        guard !writeArmed else { return }
+        writeArmed = true
+        writeSource.resume()
+    }
+
+    private func flush() {
+        flushScheduled = false
+        handleWrite()
+    }
+
+    /// Cancels both sources; afterwards no handler calls into the context. Idempotent.
+    func detach() {
+        guard !isDetached else { return }
+        isDetached = true
+        readSource.cancel()
+        writeSource.cancel()
+        if !writeArmed {
+            writeArmed = true
+            writeSource.resume()
+        }
+    }
+}
+
+private func adapterFrom(_ pointer: UnsafeMutableRawPointer?) -> DispatchEventAdapter? {
+    guard let pointer else { return nil }
+    return Unmanaged<DispatchEventAdapter>.fromOpaque(pointer).takeUnretainedValue()
+}

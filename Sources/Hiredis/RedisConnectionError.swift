@@ -1,0 +1,49 @@
+/// Why a command or a connection failed. It never contains a password.
+public struct RedisConnectionError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What kind of failure this is.
+    public enum Kind: String, Sendable, Hashable {
+        /// The server address is malformed (port out of range, empty host, …).
+        case invalidAddress
+        /// The TCP or unix-socket connect failed (refused, unreachable, name not resolved).
+        case connectFailed
+        /// Connecting, or the AUTH/SELECT/PING handshake after it, took longer than the connect timeout.
+        case connectTimeout
+        /// The server rejected the credentials.
+        case authenticationFailed
+        /// The server refused a handshake step other than AUTH (SELECT of a missing database, …).
+        case handshakeFailed
+        /// The command's deadline passed before its reply. The command may or may not have run.
+        case timeout
+        /// The connection broke while the command was pending. The command may or may not have run.
+        case connectionLost
+        /// The connection is down (or not up yet): the command was not sent.
+        case notConnected
+        /// The connection was closed on purpose.
+        case closed
+        /// The command itself is unusable (no arguments).
+        case invalidCommand
+    }
+
+    /// What kind of failure this is.
+    public var kind: Kind
+    /// The server, as its password-masked description.
+    public var server: String
+    /// What happened, in words.
+    public var message: String
+
+    public init(_ kind: Kind, server: String, message: String) {
+        self.kind = kind
+        self.server = server
+        self.message = message
+    }
+
+    /// Whether the command may have been executed by the server although no reply came back
+    /// (a timeout or a lost connection). A lock client must then assume it was.
+    public var outcomeUnknown: Bool {
+        kind == .timeout || kind == .connectionLost
+    }
+
+    public var description: String {
+        "\(server): \(kind.rawValue): \(message)"
+    }
+}

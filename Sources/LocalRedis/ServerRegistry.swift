@@ -1,0 +1,103 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Process-wide bookkeeping: every live `RedisServerProcess` (held weakly), the ports they own (so a
+/// killed server's port is not handed to a new server before it restarts), and the root directory.
+///
+/// `@unchecked Sendable` is sound because every mutable property is read and written only while
+/// `lock` is held, and the lock is never held while calling into a server.
+final class ServerRegistry: @unchecked Sendable {
+    static let shared = ServerRegistry()
+
+    private struct WeakServer {
+        weak var server: RedisServerProcess?
+    }
+
+    private let lock = NSLock()
+    private var servers: [ObjectIdentifier: WeakServer] = [:]
+    private var reservedPorts: Set<Int> = []
+    private var root: (path: String, isTemporary: Bool)?
+    private var exitHookInstalled = false
+
+    private init() {}
+
+    /// Whether server directories are deleted when their `RedisServerProcess` goes away.
+    /// Only directories under a root we created ourselves are ever deleted, and never when
+    /// MULTIREDLOCK_KEEP_DIRS is set to a non-empty value other than "0".
+    var removesDirectories: Bool {
+        let keep = ProcessInfo.processInfo.environment["MULTIREDLOCK_KEEP_DIRS"] ?? ""
+        guard keep.isEmpty || keep == "0" else { return false }
+        return lock.withLock { root?.isTemporary ?? false }
+    }
+
+    /// `$MULTIREDLOCK_TEST_DIR` (created if missing) or a fresh /tmp/multiredlock-XXXXXX, once per process.
+    func rootDirectory() throws -> String {
+        try lock.withLock {
+            if let root { return root.path }
+            let configured = ProcessInfo.processInfo.environment["MULTIREDLOCK_TEST_DIR"] ?? ""
+            if !configured.isEmpty {
+                try makeDirectories(configured)
+                root = (configured, false)
+                return configured
+            }
+            let path = try makeTemporaryDirectory(template: "/tmp/multiredlock-XXXXXX")
+            root = (path, true)
+            return path
+        }
+    }
+
+    /// A free port on 127.0.0.1 that no server of this process owns. Release it with `releasePort`
+    /// if the server using it could not be started.
+    func reserveFreePort() throws -> Int {
+        for _ in 0..<100 {
+            let port = try kernelChosenLoopbackPort()
+            let inserted = lock.withLock { reservedPorts.insert(port).inserted }
+            if inserted { return port }
+        }
+        throw LocalRedisError(.portUnavailable, "the kernel kept offering ports that local servers already own")
+    }
+
+    func releasePort(_ port: Int) {
+        _ = lock.withLock { reservedPorts.remove(port) }
+    }
+
+    func register(_ server: RedisServerProcess) {
+        let installHook = lock.withLock {
+            servers[ObjectIdentifier(server)] = WeakServer(server: server)
+            defer { exitHookInstalled = true }
+            return !exitHookInstalled
+        }
+        if installHook {
+            // Servers must not outlive the process that started them, even if nobody called stop().
+            atexit {
+                RedisServerProcess.stopAllRunning()
+                ServerRegistry.shared.removeTemporaryRoot()
+            }
+        }
+    }
+
+    func unregister(_ id: ObjectIdentifier, port: Int) {
+        lock.withLock {
+            servers[id] = nil
+            reservedPorts.remove(port)
+        }
+    }
+
+    /// Strong references to every server still alive. The caller uses them outside the lock.
+    func liveServers() -> [RedisServerProcess] {
+        lock.withLock { servers.values.compactMap(\.server) }
+    }
+
+    /// At exit: deletes the root directory if this process created it (and keeping was not asked for).
+    func removeTemporaryRoot() {
+        guard removesDirectories, let path = lock.withLock({ root?.path }) else { return }
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}

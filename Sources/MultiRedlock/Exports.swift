@@ -1,0 +1,2 @@
+// `import MultiRedlock` is enough to name servers (`RedisServer`) and connection options.
+@_exported import Hiredis

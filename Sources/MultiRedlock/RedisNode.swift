@@ -1,0 +1,135 @@
+import Synchronization
+
+/// A Redis master reached through a ``RedisConnection``: the real ``RedlockNode``.
+///
+/// Scripts are sent as EVALSHA; when the server answers NOSCRIPT (a restart or `SCRIPT FLUSH`
+/// emptied its cache) the same call is sent once more as EVAL, which also reloads the script.
+public final class RedisNode: RedlockNode {
+    /// The server's address.
+    public let server: RedisServer
+    /// The connection, for commands of the caller's own (diagnostics, tests).
+    public let connection: RedisConnection
+    private let observed: HandlerSlot
+
+    /// Connects to `server` (without waiting for it).
+    /// - Throws: ``RedisConnectionError`` when the address is invalid.
+    public init(server: RedisServer, options: RedisConnectionOptions = .init()) throws(RedisConnectionError) {
+        let slot = HandlerSlot()
+        self.server = server
+        observed = slot
+        connection = try RedisConnection(server: server, options: options) { state in
+            slot.call(state == .connected)
+        }
+    }
+
+    public var name: String { server.description }
+
+    public var isConnected: Bool { connection.isConnected }
+
+    public func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void) {
+        observed.set(handler)
+        // A connection that came up before the handler was set must not be missed.
+        if connection.isConnected { handler(true) }
+    }
+
+    public func acquire(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        let command: RedisCommand = ["SET", key, value, "NX", "PX", String(ttl.wholeMilliseconds)]
+        connection.send(command, timeout: timeout) { result in
+            switch result {
+            case .success(.status(let status)) where status == "OK": completion(.succeeded)
+            case .success(.null): completion(.refused)
+            case .success(.error(let message)): completion(.failed(NodeFailure(.errorReply, message)))
+            case .success(let other): completion(.failed(NodeFailure(.errorReply, "unexpected reply \(other)")))
+            case .failure(let error): completion(.failed(NodeFailure(error)))
+            }
+        }
+    }
+
+    public func extend(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        run(Scripts.extend, key: key, arguments: [value, String(ttl.wholeMilliseconds)], timeout: timeout, completion)
+    }
+
+    public func release(
+        key: String, value: String, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        run(Scripts.release, key: key, arguments: [value], timeout: timeout, completion)
+    }
+
+    public func close() async {
+        await connection.close()
+    }
+
+    /// EVALSHA, falling back to EVAL on NOSCRIPT. The script answers 1 (done) or 0 (not held).
+    private func run(
+        _ script: Script, key: String, arguments: [String], timeout: Duration,
+        _ completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        let connection = connection
+        connection.send(RedisCommand(["EVALSHA", script.sha1, "1", key] + arguments), timeout: timeout) { result in
+            if case .success(.error(let message)) = result, message.hasPrefix("NOSCRIPT") {
+                connection.send(RedisCommand(["EVAL", script.source, "1", key] + arguments), timeout: timeout) {
+                    completion(Self.scriptResult($0))
+                }
+            } else {
+                completion(Self.scriptResult(result))
+            }
+        }
+    }
+
+    private static func scriptResult(_ result: Result<RedisReply, RedisConnectionError>) -> NodeResult {
+        switch result {
+        case .success(.integer(let count)): count > 0 ? .succeeded : .refused
+        case .success(.error(let message)): .failed(NodeFailure(.errorReply, message))
+        case .success(let other): .failed(NodeFailure(.errorReply, "unexpected reply \(other)"))
+        case .failure(let error): .failed(NodeFailure(error))
+        }
+    }
+}
+
+/// Holds the connection-state handler, which is set after the connection (and its observer) exist.
+private final class HandlerSlot: Sendable {
+    private let handler = Mutex<(@Sendable (Bool) -> Void)?>(nil)
+
+    func set(_ newHandler: @escaping @Sendable (Bool) -> Void) {
+        handler.withLock { $0 = newHandler }
+    }
+
+    func call(_ connected: Bool) {
+        handler.withLock { $0 }?(connected)
+    }
+}
+
+extension NodeFailure {
+    /// Maps a connection's failure onto a node failure, keeping its message.
+    init(_ error: RedisConnectionError) {
+        let kind: Kind =
+            switch error.kind {
+            case .timeout: .timeout
+            case .connectionLost: .connectionLost
+            case .closed: .closed
+            default: .unreachable
+            }
+        self.init(kind, "\(error.kind.rawValue): \(error.message)")
+    }
+}
+
+extension Duration {
+    /// The duration in whole milliseconds (rounded down).
+    var wholeMilliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+
+    /// The duration in milliseconds, with fractions.
+    var milliseconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
+    }
+}

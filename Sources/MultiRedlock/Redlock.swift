@@ -1,0 +1,502 @@
+import Dispatch
+import Logging
+import Metrics
+import Synchronization
+
+/// The events a ``Redlock`` reports, after the seed's `connect` and `disconnect`.
+public enum RedlockEvent: Sendable, Hashable {
+    /// The connected nodes reached a quorum (N/2+1 of N): locks can be acquired.
+    case connect
+    /// The connected nodes fell below a quorum: locks cannot be acquired (releasing still works
+    /// on the nodes that remain).
+    case disconnect
+}
+
+/// A distributed lock over N independent Redis masters (the Redlock algorithm).
+///
+/// ```swift
+/// let redlock = try Redlock(servers: [RedisServer(host: "10.0.0.1"), RedisServer(host: "10.0.0.2"),
+///                                     RedisServer(host: "10.0.0.3")])
+/// let lock = try await redlock.lock("invoice-42", ttl: .seconds(10))
+/// defer { redlock.unlock(lock.resource, value: lock.value) }
+/// // … work while lock.isValid …
+/// ```
+///
+/// `lock` sends `SET resource value NX PX ttl` to every node at once and holds the lock when N/2+1
+/// nodes agreed and validity is left: `validity = ttl − elapsed − (drift + driftFactor × ttl)`,
+/// elapsed on the monotonic clock. A failed attempt is released on every node (a timed-out SET may
+/// have landed), then retried after a random wait. `renew` and `release` use compare-and-pexpire and
+/// compare-and-delete scripts, so another owner's lock is never touched and an expired lock is never
+/// re-created.
+///
+/// `Redlock` is `Sendable`: share one instance; concurrent calls share the N connections.
+public final class Redlock: Sendable {
+    /// The nodes, in the order given.
+    public let nodes: [any RedlockNode]
+    /// How many nodes must agree: N/2+1 of the configured N.
+    public let quorum: Int
+
+    private let names: [String]
+    private let state: Mutex<State>
+    private let events = DispatchQueue(label: "multiredlock.events")
+    private let metrics: RedlockMetrics
+
+    private struct State {
+        var options: RedlockOptions
+        var nodeUp: [Bool]
+        var quorumUp = false
+        var closed = false
+        var handlers: [RedlockEvent: [@Sendable () -> Void]] = [:]
+    }
+
+    /// Connects to the given Redis masters (without waiting for them).
+    ///
+    /// - Parameters:
+    ///   - servers: the independent masters; the seed's default is one server on localhost:6379.
+    ///   - options: identity, drift, retries, timeouts, logger.
+    /// - Throws: ``RedlockError`` of kind ``RedlockError/Kind/invalidArgument`` for an empty or
+    ///   duplicated server list, a malformed address, or invalid options.
+    public convenience init(
+        servers: [RedisServer] = [RedisServer(host: "localhost")],
+        options: RedlockOptions = .init()
+    ) throws(RedlockError) {
+        guard !servers.isEmpty else {
+            throw RedlockError(.invalidArgument, message: "the server list is empty")
+        }
+        var seen = Set<String>()
+        for server in servers where !seen.insert(server.endpointKey).inserted {
+            throw RedlockError(
+                .invalidArgument,
+                message: "server \(server) is listed twice; each node must be a distinct master or the quorum is wrong")
+        }
+        var nodes: [any RedlockNode] = []
+        for server in servers {
+            do {
+                nodes.append(try RedisNode(server: server, options: options.connection))
+            } catch {
+                for node in nodes { Task { await node.close() } }
+                throw RedlockError(.invalidArgument, message: error.message)
+            }
+        }
+        try self.init(nodes: nodes, options: options)
+    }
+
+    /// A Redlock over nodes of your own, such as `MultiRedlockTesting`'s in-memory nodes.
+    /// - Throws: ``RedlockError`` of kind ``RedlockError/Kind/invalidArgument`` for an empty node
+    ///   list, duplicate names, or invalid options.
+    public init(nodes: [any RedlockNode], options: RedlockOptions = .init()) throws(RedlockError) {
+        guard !nodes.isEmpty else {
+            throw RedlockError(.invalidArgument, message: "the node list is empty")
+        }
+        try options.validate()
+        let names = nodes.map(\.name)
+        guard Set(names).count == names.count else {
+            throw RedlockError(.invalidArgument, message: "two nodes have the same name: \(names)")
+        }
+        self.nodes = nodes
+        self.names = names
+        quorum = nodes.count / 2 + 1
+        state = Mutex(State(options: options, nodeUp: Array(repeating: false, count: nodes.count)))
+        metrics = RedlockMetrics()
+        for (index, node) in nodes.enumerated() {
+            node.observeConnection { [weak self] up in self?.node(index, isUp: up) }
+        }
+    }
+
+    // MARK: Configuration and events
+
+    /// The options in force (``setRetry(_:retryWait:)`` changes two of them).
+    public var options: RedlockOptions { state.withLock { $0.options } }
+
+    /// Sets how often `lock` retries and the longest random wait between attempts (seed:
+    /// `setRetry(retries, retryWait)`). `retries` 0 disables retrying.
+    /// - Throws: ``RedlockError/Kind/invalidArgument`` for a negative count or wait.
+    public func setRetry(_ retries: Int, retryWait: Duration) throws(RedlockError) {
+        guard retries >= 0 else {
+            throw RedlockError(.invalidArgument, message: "retries must not be negative (got \(retries))")
+        }
+        guard retryWait >= .zero else {
+            throw RedlockError(.invalidArgument, message: "retryWait must not be negative (got \(retryWait))")
+        }
+        state.withLock {
+            $0.options.retries = retries
+            $0.options.retryWait = retryWait
+        }
+    }
+
+    /// Whether at least a quorum of nodes is connected (seed: `connected`).
+    public var isConnected: Bool { state.withLock { $0.quorumUp } }
+
+    /// Calls `handler` each time `event` happens, on one serial queue of this Redlock's, in order.
+    ///
+    /// `.connect` fires when the connected nodes reach a quorum and `.disconnect` when they fall
+    /// below it, each on the transition only. A `.connect` handler registered while a quorum is
+    /// already connected is called once at once, so registering just after creation never misses it.
+    public func on(_ event: RedlockEvent, _ handler: @escaping @Sendable () -> Void) {
+        state.withLock { state in
+            state.handlers[event, default: []].append(handler)
+            if event == .connect && state.quorumUp {
+                events.async { handler() }
+            }
+        }
+    }
+
+    private func node(_ index: Int, isUp: Bool) {
+        state.withLock { state in
+            guard state.nodeUp[index] != isUp else { return }
+            state.nodeUp[index] = isUp
+            let quorumUp = state.nodeUp.count { $0 } >= quorum
+            guard quorumUp != state.quorumUp else { return }
+            state.quorumUp = quorumUp
+            // Dispatched while holding the state lock, so events keep the order of transitions.
+            let handlers = state.handlers[quorumUp ? .connect : .disconnect] ?? []
+            events.async { for handler in handlers { handler() } }
+        }
+    }
+
+    // MARK: Lock
+
+    /// Acquires a lock on `resource` for `ttl`, retrying as configured (seed: `lock`).
+    ///
+    /// - Parameters:
+    ///   - resource: the resource's name, also the key on every node; any non-empty string.
+    ///   - ttl: how long the nodes keep the lock unless it is released or renewed. Must exceed the
+    ///     drift allowance (`drift + driftFactor × ttl`).
+    /// - Returns: the lock, with its validity.
+    /// - Throws: ``RedlockError``: ``RedlockError/Kind/taken`` when someone else holds it after
+    ///   every attempt, ``RedlockError/Kind/quorumUnavailable`` when not enough nodes answered,
+    ///   ``RedlockError/Kind/validityExpired``, ``RedlockError/Kind/invalidArgument``,
+    ///   ``RedlockError/Kind/closed``; `CancellationError` when the task is cancelled between
+    ///   attempts (whatever the last attempt set is released).
+    public func lock(_ resource: String, ttl: Duration) async throws -> Lock {
+        let options = try prepare(resource, ttl: ttl)
+        let value = LockValue.make(id: options.id)
+        let start = ContinuousClock.now
+        var attempt = 0
+        while true {
+            attempt += 1
+            let result = await acquireOnce(resource, value: value, ttl: ttl, options: options, attempt: attempt)
+            switch result {
+            case .success(let lock):
+                metrics.grants.increment()
+                metrics.acquireDuration.recordInterval(since: start)
+                return lock
+            case .failure(let error):
+                if attempt > options.retries || error.kind == .closed {
+                    metrics.failed(error.kind)
+                    throw error
+                }
+            }
+            let wait = Duration.random(upTo: options.retryWait)
+            if wait > .zero { try await Task.sleep(for: wait) }
+            try Task.checkCancellation()
+        }
+    }
+
+    /// One attempt: SET NX PX on every node, decided as soon as the outcome is certain.
+    private func acquireOnce(
+        _ resource: String, value: String, ttl: Duration, options: RedlockOptions, attempt: Int
+    ) async -> Result<Lock, RedlockError> {
+        metrics.attempts.increment()
+        let start = ContinuousClock.now
+        let timeout = options.nodeTimeout
+        let tally = await fanOut(waitForAll: false) { node, done in
+            node.acquire(key: resource, value: value, ttl: ttl, timeout: timeout, completion: done)
+        }
+        let now = ContinuousClock.now
+        let validUntil = start + ttl - options.driftAllowance(for: ttl)
+        let evidence = tally.evidence(names: names)
+        log(options, "acquire", resource, attempt: attempt, tally: tally, elapsed: now - start)
+        if tally.decision == .succeeded && now < validUntil {
+            let granted = zip(names, tally.outcomes).compactMap { $1 == .granted ? $0 : nil }
+            return .success(
+                Lock(
+                    resource: resource, value: value, validity: validUntil - now, ttl: ttl,
+                    validUntil: validUntil, attempts: attempt, nodes: granted))
+        }
+        // Release on every node, not only those that said OK: a SET that timed out may have landed.
+        releaseEverywhere(resource, value: value, until: start + ttl, options: options)
+        if isClosed {
+            return .failure(RedlockError(.closed, resource: resource, attempts: attempt, message: "redlock was closed"))
+        }
+        let error: RedlockError
+        if tally.decision == .succeeded {
+            error = RedlockError(
+                .validityExpired, resource: resource, attempts: attempt, nodes: evidence,
+                message: "a quorum granted the lock, but acquiring took \(now - start), leaving no validity")
+        } else if tally.refusedByQuorum {
+            error = RedlockError(
+                .taken, resource: resource, attempts: attempt, nodes: evidence,
+                message: "held by someone else: \(tally.refused) of \(nodes.count) nodes hold another value")
+        } else {
+            error = RedlockError(
+                .quorumUnavailable, resource: resource, attempts: attempt, nodes: evidence,
+                message:
+                    "not enough nodes answered: \(tally.succeeded) granted, \(tally.refused) refused, "
+                    + "\(tally.failed) failed; \(quorum) of \(nodes.count) needed")
+        }
+        return .failure(error)
+    }
+
+    // MARK: Renew
+
+    /// Extends a lock this client holds to a new `ttl` (seed: `renew`).
+    ///
+    /// Runs a compare-and-pexpire on every node: a node extends the key only while it still holds
+    /// `value`, so an expired or released lock is never re-created. Succeeds with a quorum and
+    /// positive validity measured from the renew's start. One attempt, no retries.
+    /// - Throws: ``RedlockError``: ``RedlockError/Kind/notHeld`` when the lock is no longer held,
+    ///   ``RedlockError/Kind/quorumUnavailable``, ``RedlockError/Kind/validityExpired``,
+    ///   ``RedlockError/Kind/invalidArgument``, ``RedlockError/Kind/closed``.
+    public func renew(_ resource: String, value: String, ttl: Duration) async throws(RedlockError) -> Lock {
+        let options = try prepare(resource, ttl: ttl)
+        guard !value.isEmpty else {
+            throw RedlockError(.invalidArgument, resource: resource, message: "the lock value is empty")
+        }
+        metrics.attempts.increment()
+        let start = ContinuousClock.now
+        let timeout = options.nodeTimeout
+        let tally = await fanOut(waitForAll: false) { node, done in
+            node.extend(key: resource, value: value, ttl: ttl, timeout: timeout, completion: done)
+        }
+        let now = ContinuousClock.now
+        let validUntil = start + ttl - options.driftAllowance(for: ttl)
+        log(options, "renew", resource, attempt: 1, tally: tally, elapsed: now - start)
+        let evidence = tally.evidence(names: names)
+        if tally.decision == .succeeded && now < validUntil {
+            let granted = zip(names, tally.outcomes).compactMap { $1 == .granted ? $0 : nil }
+            return Lock(
+                resource: resource, value: value, validity: validUntil - now, ttl: ttl, validUntil: validUntil,
+                attempts: 1, nodes: granted)
+        }
+        let error: RedlockError
+        if isClosed {
+            error = RedlockError(.closed, resource: resource, attempts: 1, message: "redlock was closed")
+        } else if tally.decision == .succeeded {
+            error = RedlockError(
+                .validityExpired, resource: resource, attempts: 1, nodes: evidence,
+                message: "a quorum extended the lock, but renewing took \(now - start), leaving no validity")
+        } else if tally.refusedByQuorum {
+            error = RedlockError(
+                .notHeld, resource: resource, attempts: 1, nodes: evidence,
+                message: "the lock is not held (expired, released, or another owner's) on enough nodes")
+        } else {
+            error = RedlockError(
+                .quorumUnavailable, resource: resource, attempts: 1, nodes: evidence,
+                message: "not enough nodes answered the renew: \(tally.succeeded) extended, \(tally.failed) failed")
+        }
+        metrics.failed(error.kind)
+        throw error
+    }
+
+    /// Renews `lock` with a new ttl (its own ttl when nil).
+    public func renew(_ lock: Lock, ttl: Duration? = nil) async throws(RedlockError) -> Lock {
+        try await renew(lock.resource, value: lock.value, ttl: ttl ?? lock.ttl)
+    }
+
+    // MARK: Release
+
+    /// Releases a lock, best effort, and returns at once (seed: `unlock`).
+    ///
+    /// A compare-and-delete goes to every node; nodes that fail are retried in the background until
+    /// the lock would have expired anyway. Bad input is ignored (and logged at debug level): use
+    /// ``release(_:)`` to learn the outcome.
+    public func unlock(_ resource: String, value: String) {
+        let options = self.options
+        guard !resource.isEmpty, !value.isEmpty, !isClosed else {
+            options.logger.debug("unlock ignored: empty resource or value, or closed")
+            return
+        }
+        // The key expires on its own after the ttl; unknown here, so bound retries by a generous one.
+        releaseEverywhere(resource, value: value, until: .now + .seconds(60), options: options)
+    }
+
+    /// Releases `lock` on every node and waits for their answers.
+    ///
+    /// - Returns: how many nodes released it (deleted a key holding this lock's value).
+    /// - Throws: ``RedlockError/Kind/notHeld`` when every node answered and none held it;
+    ///   ``RedlockError/Kind/quorumUnavailable`` when none released it and some failed (those are
+    ///   retried in the background until the lock expires); ``RedlockError/Kind/closed``.
+    @discardableResult
+    public func release(_ lock: Lock) async throws(RedlockError) -> Int {
+        let options = self.options
+        guard !isClosed else {
+            throw RedlockError(.closed, resource: lock.resource, message: "redlock was closed")
+        }
+        let tally = await releaseOnce(
+            lock.resource, value: lock.value, until: lock.validUntil + options.driftAllowance(for: lock.ttl),
+            options: options)
+        log(options, "release", lock.resource, attempt: 1, tally: tally, elapsed: .zero)
+        if tally.succeeded > 0 { return tally.succeeded }
+        let evidence = tally.evidence(names: names)
+        if tally.failed == 0 {
+            throw RedlockError(
+                .notHeld, resource: lock.resource, attempts: 1, nodes: evidence,
+                message: "no node held the lock (expired, released, or another owner's)")
+        }
+        throw RedlockError(
+            .quorumUnavailable, resource: lock.resource, attempts: 1, nodes: evidence,
+            message: "no node released the lock: \(tally.refused) did not hold it, \(tally.failed) failed")
+    }
+
+    /// Fire-and-forget release on every node, with background retries for failed nodes.
+    private func releaseEverywhere(
+        _ resource: String, value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions
+    ) {
+        Task { _ = await self.releaseOnce(resource, value: value, until: expiry, options: options) }
+    }
+
+    /// Compare-and-delete on every node, waiting for all answers. Nodes that failed (timeout, no
+    /// connection, error) are retried in the background, with a doubling delay, until `expiry`:
+    /// past it the key has expired on its own.
+    private func releaseOnce(
+        _ resource: String, value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions
+    ) async -> QuorumTally {
+        let timeout = options.nodeTimeout
+        let tally = await fanOut(waitForAll: true) { node, done in
+            node.release(key: resource, value: value, timeout: timeout, completion: done)
+        }
+        let failed = tally.outcomes.indices.filter {
+            if case .failed = tally.outcomes[$0] { true } else { false }
+        }
+        if !failed.isEmpty {
+            retryRelease(failed.map { nodes[$0] }, resource, value, expiry, timeout, delay: .milliseconds(50))
+        }
+        return tally
+    }
+
+    private func retryRelease(
+        _ pending: [any RedlockNode], _ resource: String, _ value: String, _ expiry: ContinuousClock.Instant,
+        _ timeout: Duration, delay: Duration
+    ) {
+        guard !pending.isEmpty, ContinuousClock.now + delay < expiry else { return }
+        Task { [weak self] in
+            try? await Task.sleep(for: delay)
+            guard let self, !self.isClosed else { return }
+            var stillFailing: [any RedlockNode] = []
+            for node in pending {
+                let result = await withCheckedContinuation { continuation in
+                    node.release(key: resource, value: value, timeout: timeout) { continuation.resume(returning: $0) }
+                }
+                if case .failed = result { stillFailing.append(node) }
+            }
+            self.retryRelease(stillFailing, resource, value, expiry, timeout, delay: min(delay * 2, .seconds(2)))
+        }
+    }
+
+    // MARK: Close
+
+    /// Closes every node's connection (seed: `close`). Later calls fail with
+    /// ``RedlockError/Kind/closed``.
+    public func close() async {
+        let alreadyClosed = state.withLock { state in
+            defer { state.closed = true }
+            return state.closed
+        }
+        guard !alreadyClosed else { return }
+        await withTaskGroup(of: Void.self) { group in
+            for node in nodes { group.addTask { await node.close() } }
+        }
+    }
+
+    private var isClosed: Bool { state.withLock { $0.closed } }
+
+    // MARK: Internals
+
+    /// Validates a call's input before any I/O and returns the options in force.
+    private func prepare(_ resource: String, ttl: Duration) throws(RedlockError) -> RedlockOptions {
+        let (options, closed) = state.withLock { ($0.options, $0.closed) }
+        guard !closed else { throw RedlockError(.closed, resource: resource, message: "redlock was closed") }
+        guard !resource.isEmpty else {
+            throw RedlockError(.invalidArgument, message: "the resource name is empty")
+        }
+        guard ttl > .zero else {
+            throw RedlockError(.invalidArgument, resource: resource, message: "ttl must be positive (got \(ttl))")
+        }
+        guard ttl.wholeMilliseconds >= 1 else {
+            throw RedlockError(.invalidArgument, resource: resource, message: "ttl must be at least 1 ms (got \(ttl))")
+        }
+        let drift = options.driftAllowance(for: ttl)
+        guard ttl > drift else {
+            throw RedlockError(
+                .invalidArgument, resource: resource,
+                message: "ttl \(ttl) must be greater than the drift allowance \(drift) (drift + driftFactor × ttl)")
+        }
+        return options
+    }
+
+    /// Runs `operation` on every node at once and returns when the outcome is certain (or, with
+    /// `waitForAll`, when every node has answered).
+    private func fanOut(
+        waitForAll: Bool,
+        _ operation: (any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
+    ) async -> QuorumTally {
+        await withCheckedContinuation { continuation in
+            let round = FanOutRound(nodeCount: nodes.count, waitForAll: waitForAll) {
+                continuation.resume(returning: $0)
+            }
+            for (index, node) in nodes.enumerated() {
+                operation(node) { round.record($0, at: index) }
+            }
+        }
+    }
+
+    private func log(
+        _ options: RedlockOptions, _ operation: String, _ resource: String, attempt: Int, tally: QuorumTally,
+        elapsed: Duration
+    ) {
+        options.logger.log(
+            level: options.debug ? .debug : .trace, "\(operation) attempt",
+            metadata: [
+                "resource": "\(resource)", "attempt": "\(attempt)", "granted": "\(tally.succeeded)",
+                "refused": "\(tally.refused)", "failed": "\(tally.failed)",
+                "elapsed_ms": "\(elapsed.milliseconds)",
+            ])
+    }
+}
+
+/// One fan-out in progress: the tally behind a lock, and the one-shot completion.
+private final class FanOutRound: Sendable {
+    private let state: Mutex<(tally: QuorumTally, completion: (@Sendable (QuorumTally) -> Void)?)>
+    private let waitForAll: Bool
+
+    init(nodeCount: Int, waitForAll: Bool, completion: @escaping @Sendable (QuorumTally) -> Void) {
+        state = Mutex((QuorumTally(nodeCount: nodeCount), completion))
+        self.waitForAll = waitForAll
+    }
+
+    func record(_ result: NodeResult, at index: Int) {
+        let finished: (QuorumTally, @Sendable (QuorumTally) -> Void)? = state.withLock { state in
+            state.tally.record(result, at: index)
+            guard let completion = state.completion else { return nil }
+            let done =
+                waitForAll ? state.tally.answered == state.tally.total : state.tally.decision != .undecided
+            guard done else { return nil }
+            state.completion = nil
+            return (state.tally, completion)
+        }
+        if let (tally, completion) = finished { completion(tally) }
+    }
+}
+
+extension RedisServer {
+    /// What makes two servers the same node: the endpoint, whatever the credentials.
+    var endpointKey: String {
+        unixSocketPath.map { "unix:\($0)" } ?? "\(host.lowercased()):\(port)"
+    }
+}
+
+extension Duration {
+    /// A uniformly random duration in `0...limit`.
+    static func random(upTo limit: Duration) -> Duration {
+        let nanoseconds = limit.nanosecondsClamped
+        guard nanoseconds > 0 else { return .zero }
+        return .nanoseconds(Int64.random(in: 0...nanoseconds))
+    }
+
+    var nanosecondsClamped: Int64 {
+        let (seconds, attoseconds) = components
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? .max : product + attoseconds / 1_000_000_000
+    }
+}

@@ -1,0 +1,72 @@
+/// What one independent Redis master must do for Redlock. ``RedisNode`` is the real one;
+/// `MultiRedlockTesting` ships an in-memory node for unit tests.
+///
+/// Each operation reports exactly once through its completion, from any thread, and must report
+/// within `timeout` (a hung node must answer ``NodeResult/failed(_:)`` when it passes).
+public protocol RedlockNode: Sendable {
+    /// The node's name in logs and error evidence, e.g. `127.0.0.1:6379`. Never contains a password.
+    var name: String { get }
+    /// Whether the node is connected now.
+    var isConnected: Bool { get }
+    /// `SET key value NX PX ttl`: ``NodeResult/succeeded`` when set, ``NodeResult/refused`` when the
+    /// key exists.
+    func acquire(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void)
+    /// Compare-and-pexpire: sets the key's ttl only while it holds `value`. ``NodeResult/refused``
+    /// when it does not (expired, released, or another owner's). Never creates the key.
+    func extend(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void)
+    /// Compare-and-delete: deletes the key only while it holds `value`; ``NodeResult/refused`` otherwise.
+    func release(
+        key: String, value: String, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void)
+    /// Registers the one handler told each time the connection goes up (true) or down (false).
+    /// ``Redlock`` calls this once, when it is created.
+    func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void)
+    /// Closes the node's connection.
+    func close() async
+}
+
+/// One node's answer to one operation.
+public enum NodeResult: Sendable, Hashable {
+    /// Acquired, extended or released.
+    case succeeded
+    /// The key is held by another value (acquire), or not held by this value (extend, release).
+    case refused
+    /// No usable answer: an error reply, a timeout, no connection.
+    case failed(NodeFailure)
+}
+
+/// Why a node gave no usable answer.
+public struct NodeFailure: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The kinds of failure.
+    public enum Kind: String, Sendable, Hashable {
+        /// The server answered with an error (OOM, READONLY, NOAUTH, BUSY, …).
+        case errorReply
+        /// No answer within the node timeout; the command may have run.
+        case timeout
+        /// The connection broke while the command was pending; it may have run.
+        case connectionLost
+        /// Not connected: the command was not sent.
+        case unreachable
+        /// The node was closed.
+        case closed
+    }
+
+    /// The kind of failure.
+    public var kind: Kind
+    /// The server's error text, or what went wrong.
+    public var message: String
+
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+
+    /// Whether the command may have run although it failed: then the key may be set.
+    public var outcomeUnknown: Bool { kind == .timeout || kind == .connectionLost }
+
+    public var description: String { "\(kind.rawValue): \(message)" }
+}

@@ -35,7 +35,7 @@ let package = Package(
         .target(name: "MultiRedlockTesting", dependencies: ["MultiRedlock"]),
         // Starts and controls local redis-server processes: tests, demo, benchmarks.
         .target(name: "LocalRedis"),
-        .executableTarget(name: "multiredlock-demo", dependencies: ["Hiredis"]),
+        .executableTarget(name: "multiredlock-demo", dependencies: ["MultiRedlock", "LocalRedis"]),
         .testTarget(name: "HiredisTests", dependencies: ["Hiredis", "CHiredis", "LocalRedis"]),
         .testTarget(
             name: "MultiRedlockTests",

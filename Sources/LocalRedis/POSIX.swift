@@ -137,7 +137,8 @@ func makeDirectories(_ path: String) throws {
     for component in path.split(separator: "/") {
         prefix += "/" + component
         if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
-            throw LocalRedisError(.fileSystem, "cannot create directory \(prefix): \(errnoDescription(errno))")
+            throw LocalRedisError(
+                .fileSystem, "cannot create directory \(prefix): \(errnoDescription(errno))")
         }
     }
     var info = stat()
@@ -293,7 +294,8 @@ func spawnChild(
     var pid: pid_t = 0
     let result = (argv + [nil]).withUnsafeBufferPointer { argvBuffer in
         (envp + [nil]).withUnsafeBufferPointer { envpBuffer in
-            posix_spawn(&pid, executable, &actions, &attributes, argvBuffer.baseAddress!, envpBuffer.baseAddress!)
+            posix_spawn(
+                &pid, executable, &actions, &attributes, argvBuffer.baseAddress!, envpBuffer.baseAddress!)
         }
     }
     guard result == 0 else {
@@ -337,20 +339,41 @@ func reapIfExited(_ pid: pid_t) -> ReapResult {
     }
 }
 
-/// True once `pid` has ended (it is a zombie), WITHOUT reaping it: its pid and process group id stay
-/// reserved, so signals to them cannot reach an unrelated process.
-func hasExitedUnreaped(_ pid: pid_t) -> Bool {
+enum ChildState: Equatable {
+    /// Alive (running or stopped).
+    case running
+    /// Ended but not reaped: a zombie whose pid and process group id stay reserved, so signals to
+    /// them cannot reach an unrelated process.
+    case exitedUnreaped
+    /// Not our child any more (reaped by someone else, or SIGCHLD is ignored): its pid may already
+    /// belong to another process and must not be signalled.
+    case gone
+}
+
+/// The child's state, WITHOUT reaping it.
+func childState(_ pid: pid_t) -> ChildState {
     #if os(Linux)
         while true {
             var info = siginfo_t()
             let result = waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT)
-            if result == 0 { return info.si_signo != 0 }
+            if result == 0 { return info.si_signo != 0 ? .exitedUnreaped : .running }
             if errno == EINTR { continue }
-            return true  // ECHILD: not our child any more, so it is gone.
+            return .gone
         }
     #else
-        return processState(pid) == "Z" || kill(pid, 0) != 0
+        if kill(pid, 0) != 0 && errno == ESRCH { return .gone }
+        return processState(pid) == "Z" ? .exitedUnreaped : .running
     #endif
+}
+
+/// Polls until `reap` would succeed, or the timeout passes (then `.running`). Never reaps.
+func awaitExitUnreaped(_ pid: pid_t, within timeout: Duration) -> ChildState {
+    let deadline = Deadline(after: timeout)
+    while true {
+        let state = childState(pid)
+        if state != .running || deadline.hasPassed { return state }
+        sleepThread(.milliseconds(1))
+    }
 }
 
 /// Polls until the child ends (then reaps it) or the timeout passes. Nil if still alive at the deadline.
@@ -361,16 +384,6 @@ func reap(_ pid: pid_t, within timeout: Duration) -> ReapResult? {
         if deadline.hasPassed { return nil }
         sleepThread(.milliseconds(1))
     }
-}
-
-/// Polls (without reaping) until the child has ended or the timeout passes.
-func awaitExitUnreaped(_ pid: pid_t, within timeout: Duration) -> Bool {
-    let deadline = Deadline(after: timeout)
-    while !hasExitedUnreaped(pid) {
-        if deadline.hasPassed { return false }
-        sleepThread(.milliseconds(1))
-    }
-    return true
 }
 
 /// The one-letter state of a process ("R", "S", "D", "T", "t", "Z", …), or nil if it does not exist.

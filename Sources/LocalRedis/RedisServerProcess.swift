@@ -89,7 +89,8 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
 
     /// Starts a redis-server on a free port of 127.0.0.1 in a new directory, and returns once it
     /// answers PING. A port taken by someone else in the meantime is replaced by another (5 tries).
-    public static func start(_ configuration: RedisServerConfiguration = .init()) throws -> RedisServerProcess {
+    public static func start(_ configuration: RedisServerConfiguration = .init()) throws -> RedisServerProcess
+    {
         try configuration.validate()
         guard let executable = findExecutable("redis-server", overrideVariable: "MULTIREDLOCK_REDIS_SERVER")
         else {
@@ -172,7 +173,8 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
         let logOffset = fileSize(logFile)
         let outputOffset = fileSize(outputFile)
         func newOutput() -> String {
-            (readFileString(outputFile, from: outputOffset) ?? "") + (readFileString(logFile, from: logOffset) ?? "")
+            (readFileString(outputFile, from: outputOffset) ?? "")
+                + (readFileString(logFile, from: logOffset) ?? "")
         }
 
         let pid = try spawnChild(
@@ -192,7 +194,8 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
                 }
                 throw LocalRedisError(
                     .exitedBeforeReady,
-                    "redis-server (pid \(pid), port \(port)) exited with \(status?.description ?? "unknown status")"
+                    "redis-server (pid \(pid), port \(port)) exited with "
+                        + (status?.description ?? "unknown status")
                         + " before it was ready; directory \(directory); last lines of its output and log:\n"
                         + tail(of: output, lines: 20)
                 )
@@ -207,7 +210,8 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
                 _ = reap(pid, within: signalTimeout)
                 throw LocalRedisError(
                     .notReady,
-                    "redis-server (pid \(pid), port \(port)) did not become ready within \(timeout.humanReadable)"
+                    "redis-server (pid \(pid), port \(port)) did not become ready within "
+                        + timeout.humanReadable
                         + " and was killed; directory \(directory); last lines of its output and log:\n"
                         + tail(of: newOutput(), lines: 20)
                 )
@@ -312,12 +316,13 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
             kill(pid, SIGSTOP)
             let deadline = Deadline(after: Self.signalTimeout)
             while !isStoppedState(processState(pid)) {
-                if hasExitedUnreaped(pid) {
+                if childState(pid) != .running {
                     refreshLocked()
                     return false
                 }
                 if deadline.hasPassed {
-                    report("pause: pid \(pid) did not reach state T within \(Self.signalTimeout.humanReadable)")
+                    report(
+                        "pause: pid \(pid) did not reach state T within \(Self.signalTimeout.humanReadable)")
                     return false
                 }
                 sleepThread(.microseconds(200))
@@ -337,7 +342,10 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
             let deadline = Deadline(after: Self.signalTimeout)
             while isStoppedState(processState(pid)) {
                 if deadline.hasPassed {
-                    report("resume: pid \(pid) still in state T \(Self.signalTimeout.humanReadable) after SIGCONT")
+                    report(
+                        "resume: pid \(pid) still in state T "
+                            + "\(Self.signalTimeout.humanReadable) after SIGCONT"
+                    )
                     return false
                 }
                 sleepThread(.microseconds(200))
@@ -354,7 +362,8 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
     public func restart(after delay: Duration = .zero) throws {
         let stopped = lock.withLock { stopLocked() }
         guard stopped else {
-            throw LocalRedisError(.timeout, "restart: the previous redis-server on port \(port) could not be stopped")
+            throw LocalRedisError(
+                .timeout, "restart: the previous redis-server on port \(port) could not be stopped")
         }
         sleepThread(delay)
         try lock.withLock {
@@ -392,14 +401,23 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
         guard let pid = currentPID else { return true }
         kill(pid, SIGCONT)
         kill(pid, SIGTERM)
-        let exited = awaitExitUnreaped(pid, within: Self.gracefulStopTimeout)
-        if !exited {
-            report("stop: pid \(pid) ignored SIGTERM for \(Self.gracefulStopTimeout.humanReadable); sending SIGKILL")
+        switch awaitExitUnreaped(pid, within: Self.gracefulStopTimeout) {
+        case .gone:
+            currentPID = nil
+            lastExit = nil
+            return true
+        case .running:
+            report(
+                "stop: pid \(pid) ignored SIGTERM for "
+                    + "\(Self.gracefulStopTimeout.humanReadable); sending SIGKILL"
+            )
+            kill(-pid, SIGKILL)
+            kill(pid, SIGKILL)
+        case .exitedUnreaped:
+            // The leader is not reaped yet, so its process group id still names only our server's
+            // processes: this ends any child it forked (e.g. an AOF rewrite) that outlived it.
+            kill(-pid, SIGKILL)
         }
-        // The leader is not reaped yet, so its process group id still names only our server's
-        // processes: this also ends any child it forked (e.g. an AOF rewrite) that outlived it.
-        kill(-pid, SIGKILL)
-        kill(pid, SIGKILL)
         guard case .reaped(let status)? = reap(pid, within: Self.signalTimeout) else {
             report("stop: pid \(pid) did not exit within \(Self.signalTimeout.humanReadable) of SIGKILL")
             return false

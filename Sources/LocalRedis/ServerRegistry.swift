@@ -39,17 +39,36 @@ final class ServerRegistry: @unchecked Sendable {
 
     /// `$MULTIREDLOCK_TEST_DIR` (created if missing) or a fresh /tmp/multiredlock-XXXXXX, once per process.
     func rootDirectory() throws -> String {
-        try lock.withLock {
+        let path = try lock.withLock { () throws -> String in
             if let root { return root.path }
-            let configured = ProcessInfo.processInfo.environment["MULTIREDLOCK_TEST_DIR"] ?? ""
-            if !configured.isEmpty {
-                try makeDirectories(configured)
-                root = (configured, false)
-                return configured
-            }
-            let path = try makeTemporaryDirectory(template: "/tmp/multiredlock-XXXXXX")
-            root = (path, true)
-            return path
+            let created = try createRootLocked()
+            root = created
+            return created.path
+        }
+        installExitHookOnce()
+        return path
+    }
+
+    private func createRootLocked() throws -> (path: String, isTemporary: Bool) {
+        let configured = ProcessInfo.processInfo.environment["MULTIREDLOCK_TEST_DIR"] ?? ""
+        if !configured.isEmpty {
+            try makeDirectories(configured)
+            return (configured, false)
+        }
+        return (try makeTemporaryDirectory(template: "/tmp/multiredlock-XXXXXX"), true)
+    }
+
+    /// Servers must not outlive the process that started them, even if nobody called stop(), and the
+    /// temporary root must not pile up in /tmp.
+    private func installExitHookOnce() {
+        let install = lock.withLock {
+            defer { exitHookInstalled = true }
+            return !exitHookInstalled
+        }
+        guard install else { return }
+        atexit {
+            RedisServerProcess.stopAllRunning()
+            ServerRegistry.shared.removeTemporaryRoot()
         }
     }
 
@@ -61,7 +80,8 @@ final class ServerRegistry: @unchecked Sendable {
             let inserted = lock.withLock { reservedPorts.insert(port).inserted }
             if inserted { return port }
         }
-        throw LocalRedisError(.portUnavailable, "the kernel kept offering ports that local servers already own")
+        throw LocalRedisError(
+            .portUnavailable, "the kernel kept offering ports that local servers already own")
     }
 
     func releasePort(_ port: Int) {
@@ -69,17 +89,8 @@ final class ServerRegistry: @unchecked Sendable {
     }
 
     func register(_ server: RedisServerProcess) {
-        let installHook = lock.withLock {
+        lock.withLock {
             servers[ObjectIdentifier(server)] = WeakServer(server: server)
-            defer { exitHookInstalled = true }
-            return !exitHookInstalled
-        }
-        if installHook {
-            // Servers must not outlive the process that started them, even if nobody called stop().
-            atexit {
-                RedisServerProcess.stopAllRunning()
-                ServerRegistry.shared.removeTemporaryRoot()
-            }
         }
     }
 

@@ -1,0 +1,252 @@
+import Foundation
+import LocalRedis
+import MultiRedlock
+import Synchronization
+import Testing
+
+@testable import MultiRedlock
+
+/// The Redlock API against real redis-server processes (3 and 5), including servers killed and
+/// restarted under it.
+@Suite(.serialized)
+struct RedlockIntegrationTests {
+    /// Options for tests: a generous node timeout (the machine is small and busy), fast retries.
+    static func options(retries: Int = 0, nodeTimeout: Duration = .milliseconds(500)) -> RedlockOptions {
+        RedlockOptions(id: "it", retries: retries, retryWait: .milliseconds(20), nodeTimeout: nodeTimeout)
+    }
+
+    static func redlock(_ group: RedisServerGroup, _ options: RedlockOptions = options()) throws -> Redlock {
+        try Redlock(servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }, options: options)
+    }
+
+    static func uniqueResource(_ name: String = #function) -> String {
+        "it-\(name.prefix { $0 != "(" })-\(UInt64.random(in: 0...UInt64.max))"
+    }
+
+    @Test func scriptDigestsMatchTheServers() throws {
+        let server = try RedisServerProcess.start()
+        defer { server.stop() }
+        #expect(try server.cli("SCRIPT", "LOAD", Scripts.release.source) == Scripts.release.sha1)
+        #expect(try server.cli("SCRIPT", "LOAD", Scripts.extend.source) == Scripts.extend.sha1)
+    }
+
+    @Test func lockRenewUnlockRoundTrip() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        let resource = Self.uniqueResource()
+
+        let lock = try await redlock.lock(resource, ttl: .seconds(10))
+        #expect(lock.resource == resource)
+        #expect(lock.validity > .seconds(9) && lock.validity <= .seconds(10) - .milliseconds(200))
+        #expect(lock.isValid)
+        for server in group.servers {
+            #expect(try server.cli("GET", resource) == lock.value)
+            let pttl = try #require(Int(try server.cli("PTTL", resource)))
+            #expect(pttl > 9_000 && pttl <= 10_000)
+        }
+
+        let renewed = try await redlock.renew(resource, value: lock.value, ttl: .seconds(30))
+        #expect(renewed.value == lock.value)
+        #expect(renewed.validity > .seconds(29))
+        for server in group.servers {
+            let pttl = try #require(Int(try server.cli("PTTL", resource)))
+            #expect(pttl > 29_000 && pttl <= 30_000)
+        }
+
+        #expect(try await redlock.release(renewed) == 3)
+        for server in group.servers {
+            #expect(try server.cli("EXISTS", resource) == "0")
+        }
+
+        // unlock (best effort, returns at once) on a second lock.
+        let second = try await redlock.lock(resource, ttl: .seconds(10))
+        redlock.unlock(resource, value: second.value)
+        try await eventually {
+            try group.servers.allSatisfy { try $0.cli("EXISTS", resource) == "0" }
+        }
+        await redlock.close()
+    }
+
+    @Test func heldResourceFailsAsTakenAfterEveryRetry() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let resource = Self.uniqueResource()
+        for server in group.servers {
+            _ = try server.cli("SET", resource, "someone-else", "PX", "30000")
+        }
+        let redlock = try Self.redlock(group, Self.options(retries: 2))
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.lock(resource, ttl: .seconds(5))
+        }
+        #expect(error.kind == .taken)
+        #expect(error.attempts == 3)
+        #expect(error.nodes.count == 3)
+        // The other owner's key is untouched.
+        for server in group.servers {
+            #expect(try server.cli("GET", resource) == "someone-else")
+        }
+        await redlock.close()
+    }
+
+    @Test func wrongValueLeavesTheKeyAndRenewAfterExpiryFails() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        let resource = Self.uniqueResource()
+        let lock = try await redlock.lock(resource, ttl: .seconds(10))
+
+        redlock.unlock(resource, value: "not-the-value")
+        let wrong = Lock(
+            resource: resource, value: "not-the-value", validity: .seconds(1), ttl: .seconds(10),
+            validUntil: .now + .seconds(1), attempts: 1, nodes: [])
+        let notHeld = try await #require(throws: RedlockError.self) { try await redlock.release(wrong) }
+        #expect(notHeld.kind == .notHeld)
+        for server in group.servers {
+            #expect(try server.cli("GET", resource) == lock.value)
+        }
+        try await redlock.release(lock)
+
+        // A short lock that expires: renew must fail and must not re-create the key.
+        let short = try await redlock.lock(resource, ttl: .milliseconds(300))
+        try await Task.sleep(for: .milliseconds(500))
+        for server in group.servers {
+            #expect(try server.cli("EXISTS", resource) == "0")
+        }
+        let renewError = try await #require(throws: RedlockError.self) {
+            try await redlock.renew(short)
+        }
+        #expect(renewError.kind == .notHeld)
+        for server in group.servers {
+            #expect(try server.cli("EXISTS", resource) == "0")
+        }
+        await redlock.close()
+    }
+
+    @Test func oneOfThreeKilledStillLocksTwoKilledFailsThenRecovers() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let events = EventLog()
+        let redlock = try Self.redlock(group, Self.options(retries: 1, nodeTimeout: .milliseconds(300)))
+        redlock.on(.connect) { events.append("connect") }
+        redlock.on(.disconnect) { events.append("disconnect") }
+        try await eventually { redlock.isConnected }
+        try await eventually { events.entries == ["connect"] }
+
+        // One node down: the quorum (2 of 3) still grants.
+        #expect(group[0].kill9())
+        #expect(!group[0].isRunning)
+        for index in 0..<5 {
+            let lock = try await redlock.lock(Self.uniqueResource() + "-\(index)", ttl: .seconds(5))
+            #expect(lock.nodes.count == 2)
+            try await redlock.release(lock)
+        }
+        #expect(redlock.isConnected)
+
+        // Two nodes down: fails fast with quorumUnavailable, and `.disconnect` fires.
+        #expect(group[1].kill9())
+        #expect(!group[1].isRunning)
+        let started = ContinuousClock.now
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(error.kind == .quorumUnavailable)
+        #expect(error.attempts == 2)
+        // (retries + 1) × (nodeTimeout + retryWait), plus a margin.
+        #expect(elapsed < .seconds(2))
+        try await eventually { events.entries == ["connect", "disconnect"] }
+        #expect(!redlock.isConnected)
+
+        // Back up: `.connect` fires again and locks work.
+        try group[0].restart()
+        try group[1].restart()
+        try await eventually(timeout: .seconds(10)) { events.entries == ["connect", "disconnect", "connect"] }
+        let lock = try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
+        #expect(lock.nodes.count >= 2)
+        try await redlock.release(lock)
+        await redlock.close()
+    }
+
+    @Test func fiveNodesNeedThree() async throws {
+        let group = try RedisServerGroup.start(count: 5)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        #expect(redlock.quorum == 3)
+        #expect(group[0].kill9() && group[1].kill9())
+        let lock = try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
+        #expect(lock.nodes.count == 3)
+        try await redlock.release(lock)
+        #expect(group[2].kill9())
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
+        }
+        #expect(error.kind == .quorumUnavailable)
+        await redlock.close()
+    }
+
+    @Test func scriptFlushIsRecoveredByEval() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        let resource = Self.uniqueResource()
+        let first = try await redlock.lock(resource, ttl: .seconds(10))
+        try await redlock.release(first)  // loads the release script
+        let lock = try await redlock.lock(resource, ttl: .seconds(10))
+        for server in group.servers {
+            #expect(try server.cli("SCRIPT", "FLUSH") == "OK")
+            #expect(try server.cli("SCRIPT", "EXISTS", Scripts.release.sha1) == "0")
+        }
+        // EVALSHA now gets NOSCRIPT on every node; the fallback to EVAL releases anyway.
+        #expect(try await redlock.release(lock) == 3)
+        for server in group.servers {
+            #expect(try server.cli("EXISTS", resource) == "0")
+            #expect(try server.cli("SCRIPT", "EXISTS", Scripts.release.sha1) == "1")
+        }
+        await redlock.close()
+    }
+
+    @Test func badInputIsRefusedBeforeAnyIO() async throws {
+        let group = try RedisServerGroup.start(count: 1)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        for ttl in [Duration.zero, .milliseconds(-5), .milliseconds(100)] {
+            let error = try await #require(throws: RedlockError.self) { try await redlock.lock("r", ttl: ttl) }
+            #expect(error.kind == .invalidArgument)
+            #expect(error.attempts == 0)
+        }
+        let empty = try await #require(throws: RedlockError.self) { try await redlock.lock("", ttl: .seconds(1)) }
+        #expect(empty.kind == .invalidArgument)
+        #expect(throws: RedlockError.self) { try Redlock(servers: []) }
+        #expect(throws: RedlockError.self) {
+            try Redlock(servers: [RedisServer(host: "127.0.0.1", port: 7000), RedisServer(host: "127.0.0.1", port: 7000)])
+        }
+        #expect(throws: RedlockError.self) { try Redlock(servers: [RedisServer(host: "127.0.0.1", port: 70000)]) }
+        #expect(throws: RedlockError.self) { try redlock.setRetry(-1, retryWait: .milliseconds(1)) }
+        let dbkeys = try group[0].cli("DBSIZE")
+        #expect(dbkeys == "0")
+        await redlock.close()
+        let closed = try await #require(throws: RedlockError.self) { try await redlock.lock("r", ttl: .seconds(1)) }
+        #expect(closed.kind == .closed)
+    }
+}
+
+/// Records events from any thread.
+final class EventLog: Sendable {
+    private let storage = Mutex<[String]>([])
+    func append(_ entry: String) { storage.withLock { $0.append(entry) } }
+    var entries: [String] { storage.withLock { $0 } }
+}
+
+/// Polls `condition` until it holds or `timeout` passes (then fails the test).
+func eventually(
+    timeout: Duration = .seconds(5), sourceLocation: SourceLocation = #_sourceLocation,
+    _ condition: () throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    #expect(try condition(), "condition did not hold within \(timeout)", sourceLocation: sourceLocation)
+}

@@ -126,8 +126,9 @@ final class ConnectionCore: @unchecked Sendable {
     }
 
     /// A reply, or NULL when hiredis is dropping the connection: the command's outcome is unknown.
-    fileprivate func didReceive(_ reply: UnsafeMutableRawPointer?, on context: UnsafeMutablePointer<redisAsyncContext>)
-    {
+    fileprivate func didReceive(
+        _ reply: UnsafeMutableRawPointer?, on context: UnsafeMutablePointer<redisAsyncContext>
+    ) {
         guard let pending = inflight.popFirst() else { return }
         if let reply {
             pending.completion(.success(RedisReply(copying: reply.assumingMemoryBound(to: redisReply.self))))
@@ -162,7 +163,8 @@ final class ConnectionCore: @unchecked Sendable {
                     case .success(let address):
                         self.open { redisAsyncConnect(address, port) }
                     case .failure(let failure):
-                        self.connectFailed(self.error(.connectFailed, "cannot resolve \(host): \(failure.message)"))
+                        self.connectFailed(
+                            self.error(.connectFailed, "cannot resolve \(host): \(failure.message)"))
                     }
                 }
             }
@@ -205,14 +207,16 @@ final class ConnectionCore: @unchecked Sendable {
             auth.append(password)
             handshake(auth, deadline) { reply in
                 if case .error(let message) = reply {
-                    self.handshakeFailed(self.error(.authenticationFailed, "authentication failed: \(message)"))
+                    self.handshakeFailed(
+                        self.error(.authenticationFailed, "authentication failed: \(message)"))
                 }
             }
         }
         if let database = server.database {
             handshake(["SELECT", String(database)], deadline) { reply in
                 if case .error(let message) = reply {
-                    self.handshakeFailed(self.error(.handshakeFailed, "SELECT \(database) failed: \(message)"))
+                    self.handshakeFailed(
+                        self.error(.handshakeFailed, "SELECT \(database) failed: \(message)"))
                 }
             }
         }
@@ -236,9 +240,11 @@ final class ConnectionCore: @unchecked Sendable {
         _ onReply: @escaping @Sendable (RedisReply) -> Void
     ) {
         // A failure (timeout, lost connection) is handled by whoever failed the connection.
-        issue(command, Pending(deadline: deadline) { result in
-            if case .success(let reply) = result { onReply(reply) }
-        })
+        issue(
+            command,
+            Pending(deadline: deadline) { result in
+                if case .success(let reply) = result { onReply(reply) }
+            })
     }
 
     private func handshakeFailed(_ failure: RedisConnectionError) {
@@ -271,7 +277,8 @@ final class ConnectionCore: @unchecked Sendable {
         report(.disconnected(failure))
         failures += 1
         let initial = Double(options.reconnectInitialDelay.nanoseconds)
-        let delay = min(Double(options.reconnectMaxDelay.nanoseconds), initial * pow(2, Double(min(failures - 1, 30))))
+        let delay = min(
+            Double(options.reconnectMaxDelay.nanoseconds), initial * pow(2, Double(min(failures - 1, 30))))
         reconnectAt = DispatchTime.now().uptimeNanoseconds + UInt64(delay * Double.random(in: 0.5...1))
         arm(reconnectAt)
     }
@@ -372,7 +379,8 @@ final class ConnectionCore: @unchecked Sendable {
     }
 
     private func deadline(after duration: Duration) -> UInt64 {
-        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(duration.nanoseconds)
+        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(
+            duration.nanoseconds)
         return overflow ? .max : sum
     }
 
@@ -423,12 +431,13 @@ private func core(of context: UnsafePointer<redisAsyncContext>) -> ConnectionCor
     return Unmanaged<ConnectionCore>.fromOpaque(data).takeUnretainedValue()
 }
 
-private let replyCallback: @convention(c) (
-    UnsafeMutablePointer<redisAsyncContext>?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?
-) -> Void = { context, reply, _ in
-    guard let context, let core = core(of: context) else { return }
-    core.didReceive(reply, on: context)
-}
+private let replyCallback:
+    @convention(c) (
+        UnsafeMutablePointer<redisAsyncContext>?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?
+    ) -> Void = { context, reply, _ in
+        guard let context, let core = core(of: context) else { return }
+        core.didReceive(reply, on: context)
+    }
 
 private let connectCallback: @convention(c) (UnsafePointer<redisAsyncContext>?, Int32) -> Void = {
     context, status in

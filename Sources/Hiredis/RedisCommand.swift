@@ -62,7 +62,8 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
             bytes.withUnsafeBufferPointer { storage in
                 // An empty buffer has no base address; zero-length arguments still need a pointer.
                 let empty: StaticString = ""
-                let base = storage.baseAddress.map { UnsafeRawPointer($0) } ?? UnsafeRawPointer(empty.utf8Start)
+                let base =
+                    storage.baseAddress.map { UnsafeRawPointer($0) } ?? UnsafeRawPointer(empty.utf8Start)
                 var offset = 0
                 for index in 0..<count {
                     argv[index] = (base + offset).assumingMemoryBound(to: CChar.self)

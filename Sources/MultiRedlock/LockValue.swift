@@ -6,7 +6,8 @@ enum LockValue {
         var generator = SystemRandomNumberGenerator()
         let high = generator.next() as UInt64
         let low = generator.next() as UInt64
-        let milliseconds = Int64((ContinuousClock.now - startInstant).wholeMilliseconds) + startEpochMilliseconds
+        let milliseconds =
+            Int64((ContinuousClock.now - startInstant).wholeMilliseconds) + startEpochMilliseconds
         return "\(id)_\(milliseconds)_\(hex(high))\(hex(low))"
     }
 

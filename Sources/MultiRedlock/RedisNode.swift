@@ -42,7 +42,8 @@ public final class RedisNode: RedlockNode {
             case .success(.status(let status)) where status == "OK": completion(.succeeded)
             case .success(.null): completion(.refused)
             case .success(.error(let message)): completion(.failed(NodeFailure(.errorReply, message)))
-            case .success(let other): completion(.failed(NodeFailure(.errorReply, "unexpected reply \(other)")))
+            case .success(let other):
+                completion(.failed(NodeFailure(.errorReply, "unexpected reply \(other)")))
             case .failure(let error): completion(.failed(NodeFailure(error)))
             }
         }
@@ -52,7 +53,9 @@ public final class RedisNode: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        run(Scripts.extend, key: key, arguments: [value, String(ttl.wholeMilliseconds)], timeout: timeout, completion)
+        run(
+            Scripts.extend, key: key, arguments: [value, String(ttl.wholeMilliseconds)], timeout: timeout,
+            completion)
     }
 
     public func release(
@@ -72,9 +75,12 @@ public final class RedisNode: RedlockNode {
         _ completion: @escaping @Sendable (NodeResult) -> Void
     ) {
         let connection = connection
-        connection.send(RedisCommand(["EVALSHA", script.sha1, "1", key] + arguments), timeout: timeout) { result in
+        connection.send(RedisCommand(["EVALSHA", script.sha1, "1", key] + arguments), timeout: timeout) {
+            result in
             if case .success(.error(let message)) = result, message.hasPrefix("NOSCRIPT") {
-                connection.send(RedisCommand(["EVAL", script.source, "1", key] + arguments), timeout: timeout) {
+                connection.send(
+                    RedisCommand(["EVAL", script.source, "1", key] + arguments), timeout: timeout
+                ) {
                     completion(Self.scriptResult($0))
                 }
             } else {

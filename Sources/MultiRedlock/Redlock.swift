@@ -67,7 +67,9 @@ public final class Redlock: Sendable {
         for server in servers where !seen.insert(server.endpointKey).inserted {
             throw RedlockError(
                 .invalidArgument,
-                message: "server \(server) is listed twice; each node must be a distinct master or the quorum is wrong")
+                message:
+                    "server \(server) is listed twice; each node must be a distinct master or the quorum is wrong"
+            )
         }
         var nodes: [any RedlockNode] = []
         for server in servers {
@@ -175,7 +177,8 @@ public final class Redlock: Sendable {
         var attempt = 0
         while true {
             attempt += 1
-            let result = await acquireOnce(resource, value: value, ttl: ttl, options: options, attempt: attempt)
+            let result = await acquireOnce(
+                resource, value: value, ttl: ttl, options: options, attempt: attempt)
             switch result {
             case .success(let lock):
                 metrics.grants.increment()
@@ -217,7 +220,8 @@ public final class Redlock: Sendable {
         // Release on every node, not only those that said OK: a SET that timed out may have landed.
         releaseEverywhere(resource, value: value, until: start + ttl, options: options)
         if isClosed {
-            return .failure(RedlockError(.closed, resource: resource, attempts: attempt, message: "redlock was closed"))
+            return .failure(
+                RedlockError(.closed, resource: resource, attempts: attempt, message: "redlock was closed"))
         }
         let error: RedlockError
         if tally.decision == .succeeded {
@@ -266,7 +270,8 @@ public final class Redlock: Sendable {
         if tally.decision == .succeeded && now < validUntil {
             let granted = zip(names, tally.outcomes).compactMap { $1 == .granted ? $0 : nil }
             return Lock(
-                resource: resource, value: value, validity: validUntil - now, ttl: ttl, validUntil: validUntil,
+                resource: resource, value: value, validity: validUntil - now, ttl: ttl,
+                validUntil: validUntil,
                 attempts: 1, nodes: granted)
         }
         let error: RedlockError
@@ -283,7 +288,9 @@ public final class Redlock: Sendable {
         } else {
             error = RedlockError(
                 .quorumUnavailable, resource: resource, attempts: 1, nodes: evidence,
-                message: "not enough nodes answered the renew: \(tally.succeeded) extended, \(tally.failed) failed")
+                message:
+                    "not enough nodes answered the renew: \(tally.succeeded) extended, \(tally.failed) failed"
+            )
         }
         metrics.failed(error.kind)
         throw error
@@ -376,11 +383,14 @@ public final class Redlock: Sendable {
             var stillFailing: [any RedlockNode] = []
             for node in pending {
                 let result = await withCheckedContinuation { continuation in
-                    node.release(key: resource, value: value, timeout: timeout) { continuation.resume(returning: $0) }
+                    node.release(key: resource, value: value, timeout: timeout) {
+                        continuation.resume(returning: $0)
+                    }
                 }
                 if case .failed = result { stillFailing.append(node) }
             }
-            self.retryRelease(stillFailing, resource, value, expiry, timeout, delay: min(delay * 2, .seconds(2)))
+            self.retryRelease(
+                stillFailing, resource, value, expiry, timeout, delay: min(delay * 2, .seconds(2)))
         }
     }
 
@@ -411,16 +421,20 @@ public final class Redlock: Sendable {
             throw RedlockError(.invalidArgument, message: "the resource name is empty")
         }
         guard ttl > .zero else {
-            throw RedlockError(.invalidArgument, resource: resource, message: "ttl must be positive (got \(ttl))")
+            throw RedlockError(
+                .invalidArgument, resource: resource, message: "ttl must be positive (got \(ttl))")
         }
         guard ttl.wholeMilliseconds >= 1 else {
-            throw RedlockError(.invalidArgument, resource: resource, message: "ttl must be at least 1 ms (got \(ttl))")
+            throw RedlockError(
+                .invalidArgument, resource: resource, message: "ttl must be at least 1 ms (got \(ttl))")
         }
         let drift = options.driftAllowance(for: ttl)
         guard ttl > drift else {
             throw RedlockError(
                 .invalidArgument, resource: resource,
-                message: "ttl \(ttl) must be greater than the drift allowance \(drift) (drift + driftFactor × ttl)")
+                message:
+                    "ttl \(ttl) must be greater than the drift allowance \(drift) (drift + driftFactor × ttl)"
+            )
         }
         return options
     }

@@ -9,7 +9,8 @@ struct RedlockMetrics: Sendable {
     let acquireDuration = Timer(label: "multiredlock_acquire_duration")
     private let failures: [RedlockError.Kind: Counter] = Dictionary(
         uniqueKeysWithValues: [
-            RedlockError.Kind.taken, .quorumUnavailable, .validityExpired, .notHeld, .invalidArgument, .closed,
+            RedlockError.Kind.taken, .quorumUnavailable, .validityExpired, .notHeld, .invalidArgument,
+            .closed,
         ].map { ($0, Counter(label: "multiredlock_failures_total", dimensions: [("reason", $0.rawValue)])) })
 
     func failed(_ kind: RedlockError.Kind) {

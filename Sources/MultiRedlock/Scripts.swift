@@ -4,7 +4,8 @@
 enum Scripts {
     /// Compare-and-delete: never touches another owner's lock.
     static let release = Script(
-        source: #"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#,
+        source:
+            #"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#,
         sha1: "cf0e94b2e9ffc7e04395cf88f7583fc309985910")
 
     /// Compare-and-pexpire: extends only a key that still holds this lock's value, so it can never

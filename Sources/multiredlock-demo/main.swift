@@ -74,7 +74,11 @@ say("   client B: now holds it (validity \(ms(lockB.validity)))")
 try await clientB.release(lockB)
 
 say("\n== 4. Four workers contend for one resource; each holds it 20 ms, five times")
-struct Hold { let worker: String; let start: ContinuousClock.Instant; let end: ContinuousClock.Instant }
+struct Hold {
+    let worker: String
+    let start: ContinuousClock.Instant
+    let end: ContinuousClock.Instant
+}
 let holds = Mutex<[Hold]>([])
 let origin = ContinuousClock.now
 try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -101,14 +105,18 @@ for hold in timeline {
     say("   \(hold.worker) held it from \(ms(hold.start - origin)) to \(ms(hold.end - origin))")
 }
 let overlaps = zip(timeline, timeline.dropFirst()).filter { $1.start < $0.end }.count
-say("   \(timeline.count) holds, \(overlaps) overlapping: mutual exclusion \(overlaps == 0 ? "held" : "BROKEN")")
+say(
+    "   \(timeline.count) holds, \(overlaps) overlapping: mutual exclusion \(overlaps == 0 ? "held" : "BROKEN")"
+)
 
 say("\n== 5. A node crashes (kill -9): the other two still make a majority")
 _ = group[0].kill9()
 say("   node 1 killed (running: \(group[0].isRunning))")
 for index in 1...3 {
     let lock = try await clientA.lock("invoice-\(index)", ttl: .seconds(5))
-    say("   lock(\"invoice-\(index)\") -> granted by \(lock.nodes.count) of 3 nodes, validity \(ms(lock.validity))")
+    say(
+        "   lock(\"invoice-\(index)\") -> granted by \(lock.nodes.count) of 3 nodes, validity \(ms(lock.validity))"
+    )
     try await clientA.release(lock)
 }
 _ = group[1].kill9()

@@ -181,6 +181,50 @@ struct LocalRedisTests {
         #expect(try server.cli("PING") == "PONG")
     }
 
+    @Test func restartWaitsForThePortToBeReleased() throws {
+        let server = try RedisServerProcess.start()
+        defer { server.stop() }
+        server.kill9()
+
+        // Someone else holds the port for a while: restart keeps trying the SAME port.
+        let squatter = try #require(listeningSocket(port: server.port))
+        let released = DispatchSemaphore(value: 0)
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(400)) {
+            close(squatter)
+            released.signal()
+        }
+        let clock = ContinuousClock()
+        let elapsed = try clock.measure { try server.restart() }
+        released.wait()
+        #expect(elapsed >= .milliseconds(350))
+        #expect(try server.cli("PING") == "PONG")
+    }
+
+    @Test func restartGivesUpWhenThePortStaysTaken() throws {
+        let server = try RedisServerProcess.start()
+        defer { server.stop() }
+        let port = server.port
+        server.kill9()
+        let squatter = try #require(listeningSocket(port: port))
+        defer { close(squatter) }
+
+        let clock = ContinuousClock()
+        var failure: LocalRedisError?
+        let elapsed = clock.measure {
+            do {
+                try server.restart()
+            } catch {
+                failure = error as? LocalRedisError
+            }
+        }
+        #expect(failure?.kind == .portUnavailable)
+        #expect(failure?.description.contains("Address already in use") == true)
+        #expect(elapsed >= RedisServerProcess.portReleaseTimeout)
+        #expect(elapsed < RedisServerProcess.portReleaseTimeout + .seconds(5))
+        #expect(!server.isRunning)
+        #expect(server.port == port)
+    }
+
     @Test func appendOnlyDataSurvivesKill9AndRestart() throws {
         let server = try RedisServerProcess.start(.init(appendOnly: true))
         defer { server.stop() }
@@ -336,6 +380,13 @@ struct LocalRedisTests {
         #expect(try connection.request("SET", "via", "unix") == "+OK")
         #expect(try server.cli("GET", "via") == "unix")
 
+        // The socket comes back after a kill -9 (which leaves the old socket file behind).
+        connection.close()
+        server.kill9()
+        try server.restart()
+        let again = try RawRedisConnection(unixSocketPath: path)
+        #expect(try again.request("PING") == "+PONG")
+
         let plain = try RedisServerProcess.start()
         defer { plain.stop() }
         #expect(plain.unixSocketPath == nil)
@@ -461,6 +512,32 @@ private func parentPID(of pid: pid_t) -> pid_t? {
     guard let stat = readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
     let fields = stat[stat.index(after: close)...].split(separator: " ")
     return fields.count > 1 ? pid_t(fields[1]) : nil
+}
+
+/// A socket listening on 127.0.0.1:`port`, or nil if the port cannot be bound.
+private func listeningSocket(port: Int) -> Int32? {
+    #if os(Linux)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    #else
+        let fd = socket(AF_INET, SOCK_STREAM, 0)
+    #endif
+    guard fd >= 0 else { return nil }
+    var one: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port)).bigEndian
+    address.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
+    let bound = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+    }
+    guard bound == 0, listen(fd, 8) == 0 else {
+        close(fd)
+        return nil
+    }
+    return fd
 }
 
 private func isRedisServer(_ pid: pid_t) -> Bool {

@@ -161,7 +161,9 @@ struct RedlockIntegrationTests {
         // Back up: `.connect` fires again and locks work.
         try group[0].restart()
         try group[1].restart()
-        try await eventually(timeout: .seconds(10)) { events.entries == ["connect", "disconnect", "connect"] }
+        try await eventually(timeout: .seconds(10)) {
+            events.entries == ["connect", "disconnect", "connect"]
+        }
         let lock = try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
         #expect(lock.nodes.count >= 2)
         try await redlock.release(lock)
@@ -211,22 +213,32 @@ struct RedlockIntegrationTests {
         defer { group.stopAll() }
         let redlock = try Self.redlock(group)
         for ttl in [Duration.zero, .milliseconds(-5), .milliseconds(100)] {
-            let error = try await #require(throws: RedlockError.self) { try await redlock.lock("r", ttl: ttl) }
+            let error = try await #require(throws: RedlockError.self) {
+                try await redlock.lock("r", ttl: ttl)
+            }
             #expect(error.kind == .invalidArgument)
             #expect(error.attempts == 0)
         }
-        let empty = try await #require(throws: RedlockError.self) { try await redlock.lock("", ttl: .seconds(1)) }
+        let empty = try await #require(throws: RedlockError.self) {
+            try await redlock.lock("", ttl: .seconds(1))
+        }
         #expect(empty.kind == .invalidArgument)
         #expect(throws: RedlockError.self) { try Redlock(servers: []) }
         #expect(throws: RedlockError.self) {
-            try Redlock(servers: [RedisServer(host: "127.0.0.1", port: 7000), RedisServer(host: "127.0.0.1", port: 7000)])
+            try Redlock(servers: [
+                RedisServer(host: "127.0.0.1", port: 7000), RedisServer(host: "127.0.0.1", port: 7000),
+            ])
         }
-        #expect(throws: RedlockError.self) { try Redlock(servers: [RedisServer(host: "127.0.0.1", port: 70000)]) }
+        #expect(throws: RedlockError.self) {
+            try Redlock(servers: [RedisServer(host: "127.0.0.1", port: 70000)])
+        }
         #expect(throws: RedlockError.self) { try redlock.setRetry(-1, retryWait: .milliseconds(1)) }
         let dbkeys = try group[0].cli("DBSIZE")
         #expect(dbkeys == "0")
         await redlock.close()
-        let closed = try await #require(throws: RedlockError.self) { try await redlock.lock("r", ttl: .seconds(1)) }
+        let closed = try await #require(throws: RedlockError.self) {
+            try await redlock.lock("r", ttl: .seconds(1))
+        }
         #expect(closed.kind == .closed)
     }
 }

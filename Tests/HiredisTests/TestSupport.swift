@@ -1,0 +1,310 @@
+import Dispatch
+import Foundation
+import Hiredis
+import LocalRedis
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+// Helpers shared by the HiredisTests suites. Every wait here is bounded, so that a connection that
+// hangs makes a test fail instead of stalling the whole run.
+
+// MARK: - Servers
+
+/// Runs blocking work (starting, pausing, killing a server, running redis-cli) on a Dispatch thread,
+/// so that the cooperative pool, which has only as many threads as cores, stays free.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async {
+            continuation.resume(with: Result { try body() })
+        }
+    }
+}
+
+/// Starts a local redis-server (see `RedisServerProcess.start`) off the cooperative pool.
+func startServer(_ configuration: RedisServerConfiguration = .init()) async throws -> RedisServerProcess {
+    try await offPool { try RedisServerProcess.start(configuration) }
+}
+
+extension RedisServerProcess {
+    /// This server's TCP address, for a `RedisConnection`.
+    func address(password: String? = nil, username: String? = nil, database: Int? = nil) -> RedisServer {
+        RedisServer(host: "127.0.0.1", port: port, password: password, username: username, database: database)
+    }
+}
+
+/// A TCP port on 127.0.0.1 that is bound but not listening, so connecting to it is refused, and no
+/// server can take it while the test runs. `release()` frees it.
+final class RefusingPort: Sendable {
+    let port: Int
+    private let descriptor: Int32
+
+    init() throws {
+        #if canImport(Glibc)
+            let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #else
+            let descriptor = socket(AF_INET, SOCK_STREAM, 0)
+        #endif
+        try #require(descriptor >= 0, "socket: errno \(errno)")
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+                bind(descriptor, generic, length) == 0 && getsockname(descriptor, generic, &length) == 0
+            }
+        }
+        if !bound { close(descriptor) }
+        try #require(bound, "bind/getsockname: errno \(errno)")
+        self.descriptor = descriptor
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func release() {
+        close(descriptor)
+    }
+}
+
+// MARK: - File descriptors
+
+/// How many file descriptors this process has open (entries of /proc/self/fd).
+func openDescriptorCount() -> Int {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
+}
+
+/// How many of this process's sockets are connected to 127.0.0.1:`port` (found with getpeername).
+func socketsConnected(toPort port: Int) -> Int {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    var count = 0
+    for entry in entries {
+        guard let descriptor = Int32(entry) else { continue }
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let found = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                getpeername(descriptor, $0, &length) == 0
+            }
+        }
+        if found, address.sin_family == sa_family_t(AF_INET), Int(UInt16(bigEndian: address.sin_port)) == port {
+            count += 1
+        }
+    }
+    return count
+}
+
+// MARK: - Waiting
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+func eventually(
+    within timeout: Duration = .seconds(5),
+    every interval: Duration = .milliseconds(10),
+    _ condition: () async -> Bool
+) async -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while true {
+        if await condition() { return true }
+        if clock.now >= deadline { return false }
+        try? await Task.sleep(for: interval)
+    }
+}
+
+/// Hands one value to one waiter, whichever comes first: the value or the waiter's deadline.
+private final class OneShot<Value: Sendable>: Sendable {
+    private let continuation = Mutex<CheckedContinuation<Value?, Never>?>(nil)
+
+    func install(_ waiter: CheckedContinuation<Value?, Never>) {
+        continuation.withLock { $0 = waiter }
+    }
+
+    func finish(_ value: Value?) {
+        let waiter = continuation.withLock { current in
+            defer { current = nil }
+            return current
+        }
+        waiter?.resume(returning: value)
+    }
+}
+
+/// Starts something that reports once through a callback, and waits at most `limit` for the report.
+/// Returns nil when it did not come in time: the code under test hung.
+func awaitCallback<Value: Sendable>(
+    within limit: Duration,
+    _ start: (@escaping @Sendable (Value) -> Void) -> Void
+) async -> Value? {
+    let shot = OneShot<Value>()
+    return await withCheckedContinuation { continuation in
+        shot.install(continuation)
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(limit.totalNanoseconds))) {
+            shot.finish(nil)
+        }
+        start { shot.finish($0) }
+    }
+}
+
+extension Duration {
+    /// The duration in nanoseconds.
+    var totalNanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+
+    /// The duration in seconds, for messages.
+    var seconds: Double { Double(totalNanoseconds) / 1e9 }
+}
+
+/// Measures how long `body` takes.
+func measure<T>(_ body: () async throws -> T) async rethrows -> (T, Duration) {
+    let clock = ContinuousClock()
+    let start = clock.now
+    let value = try await body()
+    return (value, clock.now - start)
+}
+
+// MARK: - Connections
+
+typealias CommandResult = Result<RedisReply, RedisConnectionError>
+
+extension RedisConnection {
+    /// Sends `command` with the completion form and returns its result, or nil if none came within
+    /// `limit` (the connection hung).
+    func result(
+        of command: RedisCommand,
+        timeout: Duration? = nil,
+        within limit: Duration = .seconds(15)
+    ) async -> CommandResult? {
+        await awaitCallback(within: limit) { done in
+            send(command, timeout: timeout) { done($0) }
+        }
+    }
+
+    /// Closes the connection and returns whether `close` finished within `limit`.
+    func closed(within limit: Duration = .seconds(10)) async -> Bool {
+        await awaitCallback(within: limit) { done in close { done(true) } } ?? false
+    }
+
+    /// Sends PING every `interval` until one gets PONG, for up to `limit`; returns whether one did.
+    func becomesUsable(within limit: Duration = .seconds(5), every interval: Duration = .milliseconds(50)) async
+        -> Bool
+    {
+        await eventually(within: limit, every: interval) {
+            await result(of: ["PING"], timeout: .milliseconds(500), within: .seconds(3))
+                == .success(.status("PONG"))
+        }
+    }
+}
+
+extension Result where Failure == RedisConnectionError {
+    /// The error's kind, nil on success.
+    var errorKind: RedisConnectionError.Kind? {
+        if case .failure(let error) = self { error.kind } else { nil }
+    }
+
+    /// The error, nil on success.
+    var failure: RedisConnectionError? {
+        if case .failure(let error) = self { error } else { nil }
+    }
+}
+
+/// Records every state a connection reports to its observer.
+final class StateLog: Sendable {
+    private let states = Mutex<[RedisConnectionState]>([])
+
+    /// The observer to give to `RedisConnection.init`.
+    var observer: @Sendable (RedisConnectionState) -> Void {
+        { [self] state in states.withLock { $0.append(state) } }
+    }
+
+    var all: [RedisConnectionState] { states.withLock { $0 } }
+
+    var connectedCount: Int { all.filter { $0 == .connected }.count }
+
+    /// The errors of every `.disconnected` report, in order.
+    var disconnections: [RedisConnectionError] {
+        all.compactMap { state in
+            if case .disconnected(let error) = state { error } else { nil }
+        }
+    }
+
+    /// Waits until `condition` holds for the recorded states, for up to `limit`.
+    func waitUntil(
+        within limit: Duration = .seconds(5),
+        _ condition: @escaping ([RedisConnectionState]) -> Bool
+    ) async -> Bool {
+        await eventually(within: limit, every: .milliseconds(5)) { condition(all) }
+    }
+}
+
+/// A value set once from a test and read from callbacks (e.g. the connection an observer closes).
+final class Box<Value: Sendable>: Sendable {
+    private let storage: Mutex<Value?>
+
+    init(_ value: Value? = nil) {
+        storage = Mutex(value)
+    }
+
+    var value: Value? {
+        get { storage.withLock { $0 } }
+        set { storage.withLock { $0 = newValue } }
+    }
+
+    /// Removes and returns the value.
+    func take() -> Value? {
+        storage.withLock { current in
+            defer { current = nil }
+            return current
+        }
+    }
+}
+
+/// Collects results of completion handlers by index, and counts handlers that ran more than once.
+final class Collector<Value: Sendable>: Sendable {
+    private struct State {
+        var values: [Int: Value] = [:]
+        var order: [Int] = []
+        var duplicates = 0
+    }
+
+    private let state = Mutex(State())
+
+    func record(_ index: Int, _ value: Value) {
+        state.withLock { state in
+            if state.values[index] != nil {
+                state.duplicates += 1
+            } else {
+                state.values[index] = value
+                state.order.append(index)
+            }
+        }
+    }
+
+    var count: Int { state.withLock { $0.values.count } }
+    var values: [Int: Value] { state.withLock { $0.values } }
+    /// Indices in the order their handlers ran.
+    var order: [Int] { state.withLock { $0.order } }
+    var duplicates: Int { state.withLock { $0.duplicates } }
+
+    /// Waits until `expected` distinct results arrived, for up to `limit`; returns whether they did.
+    func waitFor(_ expected: Int, within limit: Duration = .seconds(10)) async -> Bool {
+        await eventually(within: limit, every: .milliseconds(5)) { count >= expected }
+    }
+}
+
+/// A string no other test or run uses, for keys and ECHO payloads.
+func unique(_ prefix: String) -> String {
+    "\(prefix)-\(UUID().uuidString)"
+}
+
+extension RedisReply {
+    /// A bulk string reply holding `text`.
+    static func bulk(_ text: String) -> RedisReply {
+        .bulkString(Array(text.utf8))
+    }
+}

@@ -8,10 +8,14 @@ let package = Package(
         .library(name: "MultiRedlock", targets: ["MultiRedlock"]),
         .library(name: "MultiRedlockTesting", targets: ["MultiRedlockTesting"]),
         .library(name: "Hiredis", targets: ["Hiredis"]),
+        .executable(name: "redlock", targets: ["redlock"]),
+        .executable(name: "redlock-bench", targets: ["redlock-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
         // Layer 1: Debian's libhiredis-dev (0.14.1), mapped as a system library.
@@ -36,12 +40,27 @@ let package = Package(
         // Starts and controls local redis-server processes: tests, demo, benchmarks.
         .target(name: "LocalRedis"),
         .executableTarget(name: "multiredlock-demo", dependencies: ["MultiRedlock", "LocalRedis"]),
+        // The command-line tool: locks for shell scripts, cron jobs and deploy steps.
+        .executableTarget(
+            name: "redlock",
+            dependencies: ["MultiRedlock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // The benchmark behind `make bench`.
+        .executableTarget(
+            name: "redlock-bench",
+            dependencies: [
+                "MultiRedlock",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         .testTarget(name: "HiredisTests", dependencies: ["Hiredis", "CHiredis", "LocalRedis"]),
         .testTarget(
             name: "MultiRedlockTests",
             dependencies: ["MultiRedlock", "MultiRedlockTesting", "LocalRedis"]
         ),
         .testTarget(name: "LocalRedisTests", dependencies: ["LocalRedis"]),
+        .testTarget(name: "RedlockCLITests", dependencies: ["redlock", "LocalRedis"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,1 @@
+print("redlock-bench: being written")

@@ -172,27 +172,71 @@ public final class Redlock: Sendable {
     ///   attempts (whatever the last attempt set is released).
     public func lock(_ resource: String, ttl: Duration) async throws -> Lock {
         let options = try prepare(resource, ttl: ttl)
+        return try await acquire(resource, ttl: ttl, options: options, until: .attempts(options.retries + 1))
+    }
+
+    /// Makes one attempt to lock `resource`, without retrying: the lock, or the reason it was not
+    /// granted (``RedlockError/Kind/taken`` when someone else holds it).
+    /// - Throws: as ``lock(_:ttl:)``.
+    public func tryLock(_ resource: String, ttl: Duration) async throws -> Lock {
+        let options = try prepare(resource, ttl: ttl)
+        return try await acquire(resource, ttl: ttl, options: options, until: .attempts(1))
+    }
+
+    /// Acquires a lock on `resource`, retrying with random waits in `0...retryWait` until `timeout`
+    /// has passed (instead of a number of retries).
+    /// - Throws: as ``lock(_:ttl:)``; the error of the last attempt when the time is up.
+    public func lock(_ resource: String, ttl: Duration, waitingUpTo timeout: Duration) async throws -> Lock {
+        let options = try prepare(resource, ttl: ttl)
+        guard timeout >= .zero else {
+            throw RedlockError(
+                .invalidArgument, resource: resource,
+                message: "the wait must not be negative (got \(timeout))")
+        }
+        return try await acquire(resource, ttl: ttl, options: options, until: .deadline(.now + timeout))
+    }
+
+    enum RetryLimit {
+        case attempts(Int)
+        case deadline(ContinuousClock.Instant)
+    }
+
+    /// The retry loop. Cancellation stops it at once, in an attempt or between two: whatever the
+    /// attempt set is released, and `CancellationError` is thrown.
+    func acquire(
+        _ resource: String, ttl: Duration, options: RedlockOptions, until limit: RetryLimit
+    ) async throws -> Lock {
         let value = LockValue.make(id: options.id)
         let start = ContinuousClock.now
         var attempt = 0
         while true {
+            try Task.checkCancellation()
             attempt += 1
             let result = await acquireOnce(
                 resource, value: value, ttl: ttl, options: options, attempt: attempt)
             switch result {
             case .success(let lock):
+                if Task.isCancelled {
+                    releaseEverywhere(resource, value: value, until: start + ttl, options: options)
+                    throw CancellationError()
+                }
                 metrics.grants.increment()
                 metrics.acquireDuration.recordInterval(since: start)
                 return lock
             case .failure(let error):
-                if attempt > options.retries || error.kind == .closed {
+                try Task.checkCancellation()
+                let wait = Duration.random(upTo: options.retryWait)
+                let exhausted =
+                    switch limit {
+                    case .attempts(let count): attempt >= count
+                    case .deadline(let deadline): ContinuousClock.now + wait >= deadline
+                    }
+                if exhausted || error.kind == .closed {
                     metrics.failed(error.kind)
                     throw error
                 }
+                if wait > .zero { try await Task.sleep(for: wait) }
             }
-            let wait = Duration.random(upTo: options.retryWait)
-            if wait > .zero { try await Task.sleep(for: wait) }
-            try Task.checkCancellation()
         }
     }
 
@@ -203,7 +247,7 @@ public final class Redlock: Sendable {
         metrics.attempts.increment()
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
-        let tally = await fanOut(waitForAll: false) { node, done in
+        let tally = await fanOut(waitForAll: false, cancellable: true) { node, done in
             node.acquire(key: resource, value: value, ttl: ttl, timeout: timeout, completion: done)
         }
         let now = ContinuousClock.now
@@ -414,7 +458,7 @@ public final class Redlock: Sendable {
     // MARK: Internals
 
     /// Validates a call's input before any I/O and returns the options in force.
-    private func prepare(_ resource: String, ttl: Duration) throws(RedlockError) -> RedlockOptions {
+    func prepare(_ resource: String, ttl: Duration) throws(RedlockError) -> RedlockOptions {
         let (options, closed) = state.withLock { ($0.options, $0.closed) }
         guard !closed else { throw RedlockError(.closed, resource: resource, message: "redlock was closed") }
         guard !resource.isEmpty else {
@@ -440,18 +484,23 @@ public final class Redlock: Sendable {
     }
 
     /// Runs `operation` on every node at once and returns when the outcome is certain (or, with
-    /// `waitForAll`, when every node has answered).
+    /// `waitForAll`, when every node has answered). A cancellable fan-out returns at once when its
+    /// task is cancelled, with the answers so far (undecided); a release is never cut short.
     private func fanOut(
         waitForAll: Bool,
+        cancellable: Bool = false,
         _ operation: (any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
     ) async -> QuorumTally {
-        await withCheckedContinuation { continuation in
-            let round = FanOutRound(nodeCount: nodes.count, waitForAll: waitForAll) {
-                continuation.resume(returning: $0)
+        let round = FanOutRound(nodeCount: nodes.count, waitForAll: waitForAll)
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                round.start { continuation.resume(returning: $0) }
+                for (index, node) in nodes.enumerated() {
+                    operation(node) { round.record($0, at: index) }
+                }
             }
-            for (index, node) in nodes.enumerated() {
-                operation(node) { round.record($0, at: index) }
-            }
+        } onCancel: {
+            if cancellable { round.finishEarly() }
         }
     }
 
@@ -471,23 +520,53 @@ public final class Redlock: Sendable {
 
 /// One fan-out in progress: the tally behind a lock, and the one-shot completion.
 private final class FanOutRound: Sendable {
-    private let state: Mutex<(tally: QuorumTally, completion: (@Sendable (QuorumTally) -> Void)?)>
+    private struct State {
+        var tally: QuorumTally
+        var completion: (@Sendable (QuorumTally) -> Void)?
+        var finished = false
+
+        /// Marks the round finished; returns the completion to call, if it was set.
+        mutating func finish() -> (QuorumTally, @Sendable (QuorumTally) -> Void)? {
+            finished = true
+            defer { completion = nil }
+            return completion.map { (tally, $0) }
+        }
+    }
+
+    private let state: Mutex<State>
     private let waitForAll: Bool
 
-    init(nodeCount: Int, waitForAll: Bool, completion: @escaping @Sendable (QuorumTally) -> Void) {
-        state = Mutex((QuorumTally(nodeCount: nodeCount), completion))
+    init(nodeCount: Int, waitForAll: Bool) {
+        state = Mutex(State(tally: QuorumTally(nodeCount: nodeCount)))
         self.waitForAll = waitForAll
+    }
+
+    /// Sets the completion; it runs at once if the round already finished early.
+    func start(_ completion: @escaping @Sendable (QuorumTally) -> Void) {
+        let tally: QuorumTally? = state.withLock { state in
+            if state.finished { return state.tally }
+            state.completion = completion
+            return nil
+        }
+        if let tally { completion(tally) }
     }
 
     func record(_ result: NodeResult, at index: Int) {
         let finished: (QuorumTally, @Sendable (QuorumTally) -> Void)? = state.withLock { state in
             state.tally.record(result, at: index)
-            guard let completion = state.completion else { return nil }
+            guard !state.finished else { return nil }
             let done =
                 waitForAll ? state.tally.answered == state.tally.total : state.tally.decision != .undecided
             guard done else { return nil }
-            state.completion = nil
-            return (state.tally, completion)
+            return state.finish()
+        }
+        if let (tally, completion) = finished { completion(tally) }
+    }
+
+    /// Completes now with the answers so far (the task was cancelled).
+    func finishEarly() {
+        let finished: (QuorumTally, @Sendable (QuorumTally) -> Void)? = state.withLock { state in
+            state.finished ? nil : state.finish()
         }
         if let (tally, completion) = finished { completion(tally) }
     }

@@ -32,6 +32,11 @@ public struct RedlockOptions: Sendable {
     /// ``RedisConnectionOptions``'s (1 s to connect, reconnect after 25 ms doubling up to 2 s).
     public var connection: RedisConnectionOptions
 
+    /// The longest time ``Redlock/withLock(_:ttl:_:)`` keeps renewing one lock. Past it, the lock is
+    /// left to expire and the body is cancelled, so a stuck holder cannot keep a resource forever.
+    /// The default is 10 minutes.
+    public var maxHold: Duration
+
     /// Logs each attempt at `debug` level when true; at `trace` level when false (the default), as the
     /// seed's `debug` flag did. The library never changes the logger's level.
     public var debug: Bool
@@ -48,6 +53,7 @@ public struct RedlockOptions: Sendable {
         retryWait: Duration = .milliseconds(100),
         nodeTimeout: Duration = .milliseconds(100),
         connection: RedisConnectionOptions = .init(),
+        maxHold: Duration = .seconds(600),
         debug: Bool = false,
         logger: Logger = Logger(label: "multiredlock")
     ) {
@@ -58,6 +64,7 @@ public struct RedlockOptions: Sendable {
         self.retryWait = retryWait
         self.nodeTimeout = nodeTimeout
         self.connection = connection
+        self.maxHold = maxHold
         self.debug = debug
         self.logger = logger
     }
@@ -77,6 +84,7 @@ public struct RedlockOptions: Sendable {
         }
         if retries < 0 { throw invalid("retries must not be negative (got \(retries))") }
         if retryWait < .zero { throw invalid("retryWait must not be negative (got \(retryWait))") }
+        if maxHold <= .zero { throw invalid("options.maxHold must be positive (got \(maxHold))") }
         if nodeTimeout <= .zero { throw invalid("options.nodeTimeout must be positive (got \(nodeTimeout))") }
     }
 }

@@ -1,0 +1,195 @@
+import LocalRedis
+import MultiRedlock
+import Synchronization
+import Testing
+
+/// tryLock, waiting, cancellation and withLock against real redis-servers.
+@Suite(.serialized)
+struct ScopedLockTests {
+    static func options(
+        retries: Int = 0, nodeTimeout: Duration = .milliseconds(300), maxHold: Duration = .seconds(600)
+    ) -> RedlockOptions {
+        RedlockOptions(
+            id: "scoped", drift: .milliseconds(20), retries: retries, retryWait: .milliseconds(20),
+            nodeTimeout: nodeTimeout, maxHold: maxHold)
+    }
+
+    static func redlock(_ group: RedisServerGroup, _ options: RedlockOptions = options()) throws -> Redlock {
+        try Redlock(servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }, options: options)
+    }
+
+    static func holdForeign(_ resource: String, on group: RedisServerGroup, ms: Int = 30_000) throws {
+        for server in group.servers { try server.cli("SET", resource, "someone-else", "PX", String(ms)) }
+    }
+
+    @Test func tryLockMakesOneAttempt() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group, Self.options(retries: 5))
+        let resource = RedlockIntegrationTests.uniqueResource()
+        try Self.holdForeign(resource, on: group)
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.tryLock(resource, ttl: .seconds(5))
+        }
+        #expect(error.kind == .taken)
+        #expect(error.attempts == 1)
+        let free = try await redlock.tryLock(resource + "-free", ttl: .seconds(5))
+        #expect(free.attempts == 1)
+        try await redlock.release(free)
+        await redlock.close()
+    }
+
+    @Test func waitingUpToADeadline() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        let resource = RedlockIntegrationTests.uniqueResource()
+        try Self.holdForeign(resource, on: group)
+
+        // Held throughout: fails once the wait is over, not before, with the last attempt's error.
+        let start = ContinuousClock.now
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.lock(resource, ttl: .seconds(5), waitingUpTo: .milliseconds(300))
+        }
+        let elapsed = ContinuousClock.now - start
+        #expect(error.kind == .taken)
+        #expect(error.attempts > 3)
+        #expect(elapsed >= .milliseconds(250) && elapsed < .seconds(2))
+
+        // Freed part-way through the wait: acquired.
+        let freer = Task {
+            try await Task.sleep(for: .milliseconds(150))
+            for server in group.servers { try server.cli("DEL", resource) }
+        }
+        let lock = try await redlock.lock(resource, ttl: .seconds(5), waitingUpTo: .seconds(3))
+        try await freer.value
+        #expect(lock.attempts > 1)
+        try await redlock.release(lock)
+        await redlock.close()
+    }
+
+    @Test func cancellingStopsRetryingAndLeavesNothing() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group, Self.options(retries: 10_000))
+        let resource = RedlockIntegrationTests.uniqueResource()
+        // Two nodes hold it, one is free: every attempt sets the key on the free node, then releases it.
+        for server in group.servers.prefix(2) {
+            try server.cli("SET", resource, "someone-else", "PX", "30000")
+        }
+        let task = Task { try await redlock.lock(resource, ttl: .seconds(10)) }
+        try await Task.sleep(for: .milliseconds(200))
+        let cancelled = ContinuousClock.now
+        task.cancel()
+        let result = await task.result
+        let stopped = ContinuousClock.now - cancelled
+        #expect(throws: CancellationError.self) { try result.get() }
+        #expect(stopped < .milliseconds(500))
+        // Nothing of ours is left on the free node (released after the cancelled attempt).
+        try await eventually { try group[2].cli("EXISTS", resource) == "0" }
+        for server in group.servers.prefix(2) { #expect(try server.cli("GET", resource) == "someone-else") }
+        await redlock.close()
+    }
+
+    @Test func withLockRenewsWhileTheBodyRunsAndReleasesAtTheEnd() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let checks = Mutex<[String]>([])
+        let result = try await redlock.withLock(resource, ttl: .milliseconds(600)) { held in
+            // Run well past the ttl: the lock must be renewed meanwhile.
+            for _ in 0..<6 {
+                try await Task.sleep(for: .milliseconds(250))
+                let values = try group.servers.map { try $0.cli("GET", resource) }
+                checks.withLock { $0.append(values.allSatisfy { $0 == held.value } ? "held" : "\(values)") }
+                #expect(held.isValid)
+            }
+            return 42
+        }
+        #expect(result == 42)
+        #expect(checks.withLock { $0 } == Array(repeating: "held", count: 6))
+        for server in group.servers { #expect(try server.cli("EXISTS", resource) == "0") }
+        await redlock.close()
+    }
+
+    @Test func withLockRethrowsTheBodysErrorAndReleases() async throws {
+        struct BodyFailed: Error {}
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        let resource = RedlockIntegrationTests.uniqueResource()
+        await #expect(throws: BodyFailed.self) {
+            try await redlock.withLock(resource, ttl: .seconds(5)) { _ in throw BodyFailed() }
+        }
+        for server in group.servers { #expect(try server.cli("EXISTS", resource) == "0") }
+        await redlock.close()
+    }
+
+    @Test func lostLockCancelsTheBody() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer {
+            for server in group.servers { server.resume() }
+            group.stopAll()
+        }
+        let redlock = try Self.redlock(group, Self.options(nodeTimeout: .milliseconds(100)))
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let bodyCancelled = Atomic<Bool>(false)
+        let start = ContinuousClock.now
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.withLock(resource, ttl: .milliseconds(900)) { held in
+                // Hang the majority: renewals cannot reach a quorum.
+                #expect(group[0].pause() && group[1].pause())
+                #expect(group[0].isPaused && group[1].isPaused)
+                do {
+                    try await Task.sleep(for: .seconds(10))
+                } catch {
+                    bodyCancelled.store(true, ordering: .relaxed)
+                    #expect(!held.isValid)
+                    throw error
+                }
+            }
+        }
+        let elapsed = ContinuousClock.now - start
+        #expect(error.kind == .lost)
+        let wasCancelled = bodyCancelled.load(ordering: .relaxed)
+        #expect(wasCancelled)
+        // Cancelled once the validity ran out (900 ms − drift), not after the body's 10 s.
+        #expect(elapsed < .seconds(3))
+        await redlock.close()
+    }
+
+    @Test func lockDeletedUnderneathIsLostAtTheNextRenewal() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.withLock(resource, ttl: .seconds(1)) { _ in
+                for server in group.servers.prefix(2) { try server.cli("DEL", resource) }
+                try await Task.sleep(for: .seconds(10))
+            }
+        }
+        #expect(error.kind == .lost)
+        #expect(error.nodes.contains { $0.outcome == .refused })
+        await redlock.close()
+    }
+
+    @Test func maximumHoldStopsRenewing() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group, Self.options(maxHold: .milliseconds(800)))
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let start = ContinuousClock.now
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.withLock(resource, ttl: .milliseconds(400)) { _ in
+                try await Task.sleep(for: .seconds(10))
+            }
+        }
+        let elapsed = ContinuousClock.now - start
+        #expect(error.kind == .lost)
+        #expect(error.message.contains("maximum hold"))
+        #expect(elapsed >= .milliseconds(500) && elapsed < .seconds(3))
+        await redlock.close()
+    }
+}

@@ -39,6 +39,8 @@ final class ConnectionCore: @unchecked Sendable {
     private let queue: DispatchQueue
     private let timer: any DispatchSourceTimer
     private let connected = Atomic<Bool>(false)
+    /// The server's run_id from the last handshake, and when a reconnect last found a different one.
+    let serverIdentity = Mutex<(runID: String?, restartDetectedAt: ContinuousClock.Instant?)>((nil, nil))
 
     private var phase = Phase.backoff
     private var context: UnsafeMutablePointer<redisAsyncContext>?
@@ -228,10 +230,34 @@ final class ConnectionCore: @unchecked Sendable {
                     ? .authenticationFailed : .handshakeFailed
                 let prefix = kind == .authenticationFailed ? "authentication failed" : "PING failed"
                 self.handshakeFailed(self.error(kind, "\(prefix): \(message)"))
-            } else {
-                self.becameReady()
             }
         }
+        // The server's run_id tells a restart (a new process, its data possibly lost) from a
+        // reconnect to the same process. A server without INFO (some proxies) still connects.
+        handshake(["INFO", "server"], deadline) { reply in
+            guard self.phase == .handshaking else { return }
+            if let info = reply.string, !reply.isError {
+                self.recordRunID(Self.runID(in: info))
+            }
+            self.becameReady()
+        }
+    }
+
+    private func recordRunID(_ runID: String?) {
+        guard let runID else { return }
+        serverIdentity.withLock { identity in
+            if let previous = identity.runID, previous != runID {
+                identity.restartDetectedAt = .now
+            }
+            identity.runID = runID
+        }
+    }
+
+    private static func runID(in info: String) -> String? {
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("run_id:") {
+            return String(line.dropFirst("run_id:".count).filter { !$0.isWhitespace })
+        }
+        return nil
     }
 
     private func handshake(

@@ -64,6 +64,15 @@ public final class RedisConnection: Sendable {
     /// Whether the connection is up and through its handshake.
     public var isConnected: Bool { core.isConnected }
 
+    /// The server's `run_id` (from `INFO server`) as of the last handshake; nil before the first.
+    public var serverRunID: String? { core.serverIdentity.withLock { $0.runID } }
+
+    /// When a reconnect last found a different `run_id` than the connection before it: the server
+    /// process restarted, and whatever it held in memory may be gone. Nil when never seen.
+    public var serverRestartDetectedAt: ContinuousClock.Instant? {
+        core.serverIdentity.withLock { $0.restartDetectedAt }
+    }
+
     /// Sends a command and waits for its reply.
     ///
     /// An error reply from the server (`-ERR …`) is returned as ``RedisReply/error(_:)``, not

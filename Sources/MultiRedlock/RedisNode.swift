@@ -4,12 +4,20 @@ import Synchronization
 ///
 /// Scripts are sent as EVALSHA; when the server answers NOSCRIPT (a restart or `SCRIPT FLUSH`
 /// emptied its cache) the same call is sent once more as EVAL, which also reloads the script.
+///
+/// Restarts: when a reconnect finds that the server's `run_id` changed, the server is a new process
+/// that may have lost the locks it held (no persistence). For the longest ttl this node has been
+/// asked to set, its grants answer ``NodeFailure/Kind/restarted`` instead of counting: the
+/// "delayed restart" the Redlock pattern asks of operators, enforced by the client. A client that
+/// first connects after the restart cannot know; run servers with `appendfsync always` for that.
 public final class RedisNode: RedlockNode {
     /// The server's address.
     public let server: RedisServer
     /// The connection, for commands of the caller's own (diagnostics, tests).
     public let connection: RedisConnection
     private let observed: HandlerSlot
+    /// The longest ttl set through this node, in milliseconds.
+    private let longestTTL = Atomic<Int64>(0)
 
     /// Connects to `server` (without waiting for it).
     /// - Throws: ``RedisConnectionError`` when the address is invalid.
@@ -36,10 +44,22 @@ public final class RedisNode: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        let command: RedisCommand = ["SET", key, value, "NX", "PX", String(ttl.wholeMilliseconds)]
-        connection.send(command, timeout: timeout) { result in
+        let milliseconds = ttl.wholeMilliseconds
+        raiseLongestTTL(to: milliseconds)
+        let command: RedisCommand = ["SET", key, value, "NX", "PX", String(milliseconds)]
+        connection.send(command, timeout: timeout) { [self] result in
             switch result {
-            case .success(.status(let status)) where status == "OK": completion(.succeeded)
+            case .success(.status(let status)) where status == "OK":
+                if let until = quarantinedUntil() {
+                    completion(
+                        .failed(
+                            NodeFailure(
+                                .restarted,
+                                "the server restarted (new run_id); its grants count again in \(until - .now)"
+                            )))
+                } else {
+                    completion(.succeeded)
+                }
             case .success(.null): completion(.refused)
             case .success(.error(let message)): completion(.failed(NodeFailure(.errorReply, message)))
             case .success(let other):
@@ -53,6 +73,7 @@ public final class RedisNode: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
+        raiseLongestTTL(to: ttl.wholeMilliseconds)
         run(
             Scripts.extend, key: key, arguments: [value, String(ttl.wholeMilliseconds)], timeout: timeout,
             completion)
@@ -67,6 +88,23 @@ public final class RedisNode: RedlockNode {
 
     public func close() async {
         await connection.close()
+    }
+
+    /// When the server's grants count again after a detected restart; nil when they count now.
+    private func quarantinedUntil() -> ContinuousClock.Instant? {
+        guard let restart = connection.serverRestartDetectedAt else { return nil }
+        let until = restart + .milliseconds(longestTTL.load(ordering: .relaxed))
+        return ContinuousClock.now < until ? until : nil
+    }
+
+    private func raiseLongestTTL(to milliseconds: Int64) {
+        var current = longestTTL.load(ordering: .relaxed)
+        while milliseconds > current {
+            let (exchanged, original) = longestTTL.compareExchange(
+                expected: current, desired: milliseconds, ordering: .relaxed)
+            if exchanged { return }
+            current = original
+        }
     }
 
     /// EVALSHA, falling back to EVAL on NOSCRIPT. The script answers 1 (done) or 0 (not held).

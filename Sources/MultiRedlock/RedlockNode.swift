@@ -53,6 +53,9 @@ public struct NodeFailure: Error, Sendable, Hashable, CustomStringConvertible {
         case unreachable
         /// The node was closed.
         case closed
+        /// The server restarted (its `run_id` changed) less than the longest ttl this client used
+        /// ago: it may have lost locks it held, so its grants do not count yet. The key was set.
+        case restarted
     }
 
     /// The kind of failure.
@@ -66,7 +69,7 @@ public struct NodeFailure: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Whether the command may have run although it failed: then the key may be set.
-    public var outcomeUnknown: Bool { kind == .timeout || kind == .connectionLost }
+    public var outcomeUnknown: Bool { kind == .timeout || kind == .connectionLost || kind == .restarted }
 
     public var description: String { "\(kind.rawValue): \(message)" }
 }

@@ -137,7 +137,7 @@ struct RedlockIntegrationTests {
         #expect(group[0].kill9())
         #expect(!group[0].isRunning)
         for index in 0..<5 {
-            let lock = try await redlock.lock(Self.uniqueResource() + "-\(index)", ttl: .seconds(5))
+            let lock = try await redlock.lock(Self.uniqueResource() + "-\(index)", ttl: .seconds(1))
             #expect(lock.nodes.count == 2)
             try await redlock.release(lock)
         }
@@ -148,7 +148,7 @@ struct RedlockIntegrationTests {
         #expect(!group[1].isRunning)
         let started = ContinuousClock.now
         let error = try await #require(throws: RedlockError.self) {
-            try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
+            try await redlock.lock(Self.uniqueResource(), ttl: .seconds(1))
         }
         let elapsed = ContinuousClock.now - started
         #expect(error.kind == .quorumUnavailable)
@@ -158,13 +158,19 @@ struct RedlockIntegrationTests {
         try await eventually { events.entries == ["connect", "disconnect"] }
         #expect(!redlock.isConnected)
 
-        // Back up: `.connect` fires again and locks work.
+        // Back up: `.connect` fires again, and locks work again once the restarted nodes' grants
+        // count again (they came back empty, so their grants wait out the longest ttl used: 1 s).
         try group[0].restart()
         try group[1].restart()
         try await eventually(timeout: .seconds(10)) {
             events.entries == ["connect", "disconnect", "connect"]
         }
-        let lock = try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
+        var granted: Lock?
+        let deadline = ContinuousClock.now + .seconds(5)
+        while granted == nil && ContinuousClock.now < deadline {
+            granted = try? await redlock.lock(Self.uniqueResource(), ttl: .seconds(1))
+        }
+        let lock = try #require(granted)
         #expect(lock.nodes.count >= 2)
         try await redlock.release(lock)
         await redlock.close()

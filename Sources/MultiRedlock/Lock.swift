@@ -4,8 +4,11 @@
 /// > may hold the same resource: check ``isValid`` (or ``remainingValidity``) before each step that
 /// > needs the lock, and renew in good time.
 public struct Lock: Sendable, Hashable, CustomStringConvertible {
-    /// The locked resource; it is also the Redis key on every node.
+    /// The locked resource; it is also the Redis key on every node. For a multi-resource lock, the
+    /// names joined with commas (``resources`` lists them).
     public let resource: String
+    /// The locked resources: one, or all of a multi-resource lock.
+    public let resources: [String]
     /// The lock's unique value, `<id>_<ms since epoch>_<32 hex chars>`: needed to renew or release it.
     public let value: String
     /// How long the lock was valid when it was granted: `ttl − elapsed − drift`.
@@ -16,14 +19,29 @@ public struct Lock: Sendable, Hashable, CustomStringConvertible {
     public let validUntil: ContinuousClock.Instant
     /// How many attempts it took.
     public let attempts: Int
-    /// The nodes that granted it (their names).
+    /// The nodes that granted it (their names), as counted when the quorum was decided.
     public let nodes: [String]
+    /// The fencing token, when ``RedlockOptions/fencingTokens`` is on: strictly greater than every
+    /// token granted for this resource before. Pass it to the storage the lock protects, and have
+    /// that storage refuse writes with a token lower than one it has seen.
+    public let fencingToken: Int64?
 
     public init(
         resource: String, value: String, validity: Duration, ttl: Duration,
-        validUntil: ContinuousClock.Instant, attempts: Int, nodes: [String]
+        validUntil: ContinuousClock.Instant, attempts: Int, nodes: [String], fencingToken: Int64? = nil
     ) {
-        self.resource = resource
+        self.init(
+            resources: [resource], value: value, validity: validity, ttl: ttl, validUntil: validUntil,
+            attempts: attempts, nodes: nodes, fencingToken: fencingToken)
+    }
+
+    public init(
+        resources: [String], value: String, validity: Duration, ttl: Duration,
+        validUntil: ContinuousClock.Instant, attempts: Int, nodes: [String], fencingToken: Int64? = nil
+    ) {
+        self.resource = Lock.name(of: resources)
+        self.resources = resources
+        self.fencingToken = fencingToken
         self.value = value
         self.validity = validity
         self.ttl = ttl
@@ -39,6 +57,18 @@ public struct Lock: Sendable, Hashable, CustomStringConvertible {
     public var remainingValidity: Duration { max(.zero, validUntil - ContinuousClock.now) }
 
     public var description: String {
-        "Lock(resource: \(resource), value: \(value), validity: \(validity.wholeMilliseconds) ms)"
+        let token = fencingToken.map { ", fencing token: \($0)" } ?? ""
+        return
+            "Lock(resource: \(resource), value: \(value), validity: \(validity.wholeMilliseconds) ms\(token))"
+    }
+
+    /// The name of one resource, or of several joined with commas.
+    static func name(of resources: [String]) -> String {
+        resources.count == 1 ? resources[0] : resources.joined(separator: ",")
+    }
+
+    /// The key holding a resource's fencing counter on each node: `<resource>:fencing-token`.
+    public static func fencingKey(for resource: String) -> String {
+        resource + ":fencing-token"
     }
 }

@@ -46,6 +46,11 @@ struct QuorumTally: Sendable {
     /// renew and release, not held by us), whatever the failed nodes would have said.
     var refusedByQuorum: Bool { refused > total - quorum }
 
+    /// The nodes that granted, by index.
+    var grantedIndices: [Int] {
+        outcomes.indices.filter { outcomes[$0] == .granted }
+    }
+
     func evidence(names: [String]) -> [NodeEvidence] {
         zip(names, outcomes).map { NodeEvidence(node: $0, outcome: $1) }
     }

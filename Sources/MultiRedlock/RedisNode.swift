@@ -90,6 +90,78 @@ public final class RedisNode: RedlockNode {
         await connection.close()
     }
 
+    public func acquire(
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        guard keys.count > 1 else {
+            return acquire(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
+        }
+        let milliseconds = ttl.wholeMilliseconds
+        raiseLongestTTL(to: milliseconds)
+        run(Scripts.acquireAll, keys: keys, arguments: [value, String(milliseconds)], timeout: timeout) {
+            [self] result in completion(countingRestart(result))
+        }
+    }
+
+    public func extend(
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        guard keys.count > 1 else {
+            return extend(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
+        }
+        raiseLongestTTL(to: ttl.wholeMilliseconds)
+        run(
+            Scripts.extendAll, keys: keys, arguments: [value, String(ttl.wholeMilliseconds)],
+            timeout: timeout,
+            completion)
+    }
+
+    public func release(
+        keys: [String], value: String, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        guard keys.count > 1 else {
+            return release(key: keys[0], value: value, timeout: timeout, completion: completion)
+        }
+        run(Scripts.releaseAll, keys: keys, arguments: [value], timeout: timeout, completion)
+    }
+
+    public func acquireFenced(
+        key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult, Int64) -> Void
+    ) {
+        let milliseconds = ttl.wholeMilliseconds
+        raiseLongestTTL(to: milliseconds)
+        let tail = ["2", key, counterKey, value, String(milliseconds)]
+        evaluate(Scripts.acquireFenced, tail, timeout: timeout) { [self] result in
+            switch result {
+            case .success(.integer(let counter)) where counter >= 0:
+                completion(countingRestart(.succeeded), counter)
+            case .success(.integer): completion(.refused, 0)
+            default: completion(Self.scriptResult(result), 0)
+            }
+        }
+    }
+
+    public func raiseFence(
+        key: String, counterKey: String, value: String, token: Int64, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        run(
+            Scripts.raiseFence, keys: [key, counterKey], arguments: [value, String(token)], timeout: timeout,
+            completion)
+    }
+
+    /// A grant from a node that restarted within the longest ttl does not count.
+    private func countingRestart(_ result: NodeResult) -> NodeResult {
+        guard result == .succeeded, let until = quarantinedUntil() else { return result }
+        return .failed(
+            NodeFailure(
+                .restarted, "the server restarted (new run_id); its grants count again in \(until - .now)"))
+    }
+
     /// When the server's grants count again after a detected restart; nil when they count now.
     private func quarantinedUntil() -> ContinuousClock.Instant? {
         guard let restart = connection.serverRestartDetectedAt else { return nil }
@@ -112,17 +184,31 @@ public final class RedisNode: RedlockNode {
         _ script: Script, key: String, arguments: [String], timeout: Duration,
         _ completion: @escaping @Sendable (NodeResult) -> Void
     ) {
+        run(script, keys: [key], arguments: arguments, timeout: timeout, completion)
+    }
+
+    private func run(
+        _ script: Script, keys: [String], arguments: [String], timeout: Duration,
+        _ completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        evaluate(script, [String(keys.count)] + keys + arguments, timeout: timeout) {
+            completion(Self.scriptResult($0))
+        }
+    }
+
+    /// Sends `EVALSHA sha <tail>`; on NOSCRIPT, sends it once more as `EVAL source <tail>`, which also
+    /// loads the script into the server's cache.
+    private func evaluate(
+        _ script: Script, _ tail: [String], timeout: Duration,
+        _ completion: @escaping @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
+    ) {
         let connection = connection
-        connection.send(RedisCommand(["EVALSHA", script.sha1, "1", key] + arguments), timeout: timeout) {
-            result in
+        connection.send(RedisCommand(["EVALSHA", script.sha1] + tail), timeout: timeout) { result in
             if case .success(.error(let message)) = result, message.hasPrefix("NOSCRIPT") {
                 connection.send(
-                    RedisCommand(["EVAL", script.source, "1", key] + arguments), timeout: timeout
-                ) {
-                    completion(Self.scriptResult($0))
-                }
+                    RedisCommand(["EVAL", script.source] + tail), timeout: timeout, completion: completion)
             } else {
-                completion(Self.scriptResult(result))
+                completion(result)
             }
         }
     }

@@ -14,6 +14,8 @@ public final class HeldLock: Sendable {
     public var resource: String { lock.resource }
     /// The lock's value.
     public var value: String { lock.value }
+    /// The lock's fencing token, when ``RedlockOptions/fencingTokens`` is on.
+    public var fencingToken: Int64? { lock.fencingToken }
     /// Whether the lock is still valid: renewed in time and not lost.
     public var isValid: Bool { state.withLock { $0.lost == nil && $0.lock.isValid } }
     /// How much validity is left now (zero once lost or expired).
@@ -55,10 +57,17 @@ extension Redlock {
     public func withLock<T: Sendable>(
         _ resource: String, ttl: Duration, _ body: @escaping @Sendable (HeldLock) async throws -> T
     ) async throws -> T {
-        let options = try prepare(resource, ttl: ttl)
+        try await withLock([resource], ttl: ttl, body)
+    }
+
+    /// ``withLock(_:ttl:_:)`` for several resources at once (see ``lock(_:ttl:)-([String],_)``).
+    public func withLock<T: Sendable>(
+        _ resources: [String], ttl: Duration, _ body: @escaping @Sendable (HeldLock) async throws -> T
+    ) async throws -> T {
+        let options = try prepare(resources, ttl: ttl)
         let started = ContinuousClock.now
         let held = HeldLock(
-            try await acquire(resource, ttl: ttl, options: options, until: .attempts(options.retries + 1)))
+            try await acquire(resources, ttl: ttl, options: options, until: .attempts(options.retries + 1)))
         let outcome: Result<T, any Error>
         do {
             outcome = .success(
@@ -85,7 +94,8 @@ extension Redlock {
         let lock = held.lock
         if let lost = held.lostError {
             // Best effort and at once: the caller must not wait for retries on a lost lock.
-            unlock(lock.resource, value: lock.value)
+            releaseEverywhere(
+                lock.resources, value: lock.value, until: lock.validUntil + ttl, options: options)
             throw lost
         }
         _ = try? await release(lock)
@@ -114,7 +124,7 @@ extension Redlock {
             var lastError: RedlockError?
             while !renewed && ContinuousClock.now < lock.validUntil {
                 do {
-                    held.renewed(try await renew(lock.resource, value: lock.value, ttl: ttl))
+                    held.renewed(try await renew(lock, ttl: ttl))
                     renewed = true
                 } catch {
                     lastError = error

@@ -164,36 +164,45 @@ public final class Redlock: Sendable {
     ///   - resource: the resource's name, also the key on every node; any non-empty string.
     ///   - ttl: how long the nodes keep the lock unless it is released or renewed. Must exceed the
     ///     drift allowance (`drift + driftFactor × ttl`).
-    /// - Returns: the lock, with its validity.
+    /// - Returns: the lock, with its validity (and its fencing token when
+    ///   ``RedlockOptions/fencingTokens`` is on).
     /// - Throws: ``RedlockError``: ``RedlockError/Kind/taken`` when someone else holds it after
     ///   every attempt, ``RedlockError/Kind/quorumUnavailable`` when not enough nodes answered,
     ///   ``RedlockError/Kind/validityExpired``, ``RedlockError/Kind/invalidArgument``,
-    ///   ``RedlockError/Kind/closed``; `CancellationError` when the task is cancelled between
-    ///   attempts (whatever the last attempt set is released).
+    ///   ``RedlockError/Kind/closed``; `CancellationError` when the task is cancelled (whatever the
+    ///   attempt set is released).
     public func lock(_ resource: String, ttl: Duration) async throws -> Lock {
-        let options = try prepare(resource, ttl: ttl)
-        return try await acquire(resource, ttl: ttl, options: options, until: .attempts(options.retries + 1))
+        try await lock([resource], ttl: ttl)
+    }
+
+    /// Locks several resources at once: on each node all keys are set or none (one Lua script),
+    /// and the quorum counts the nodes that granted all of them. Renew and release cover all keys.
+    /// - Throws: as ``lock(_:ttl:)``; ``RedlockError/Kind/invalidArgument`` for an empty list, an
+    ///   empty name or a name given twice.
+    public func lock(_ resources: [String], ttl: Duration) async throws -> Lock {
+        let options = try prepare(resources, ttl: ttl)
+        return try await acquire(resources, ttl: ttl, options: options, until: .attempts(options.retries + 1))
     }
 
     /// Makes one attempt to lock `resource`, without retrying: the lock, or the reason it was not
     /// granted (``RedlockError/Kind/taken`` when someone else holds it).
     /// - Throws: as ``lock(_:ttl:)``.
     public func tryLock(_ resource: String, ttl: Duration) async throws -> Lock {
-        let options = try prepare(resource, ttl: ttl)
-        return try await acquire(resource, ttl: ttl, options: options, until: .attempts(1))
+        let options = try prepare([resource], ttl: ttl)
+        return try await acquire([resource], ttl: ttl, options: options, until: .attempts(1))
     }
 
     /// Acquires a lock on `resource`, retrying with random waits in `0...retryWait` until `timeout`
     /// has passed (instead of a number of retries).
     /// - Throws: as ``lock(_:ttl:)``; the error of the last attempt when the time is up.
     public func lock(_ resource: String, ttl: Duration, waitingUpTo timeout: Duration) async throws -> Lock {
-        let options = try prepare(resource, ttl: ttl)
+        let options = try prepare([resource], ttl: ttl)
         guard timeout >= .zero else {
             throw RedlockError(
                 .invalidArgument, resource: resource,
                 message: "the wait must not be negative (got \(timeout))")
         }
-        return try await acquire(resource, ttl: ttl, options: options, until: .deadline(.now + timeout))
+        return try await acquire([resource], ttl: ttl, options: options, until: .deadline(.now + timeout))
     }
 
     enum RetryLimit {
@@ -204,7 +213,7 @@ public final class Redlock: Sendable {
     /// The retry loop. Cancellation stops it at once, in an attempt or between two: whatever the
     /// attempt set is released, and `CancellationError` is thrown.
     func acquire(
-        _ resource: String, ttl: Duration, options: RedlockOptions, until limit: RetryLimit
+        _ keys: [String], ttl: Duration, options: RedlockOptions, until limit: RetryLimit
     ) async throws -> Lock {
         let value = LockValue.make(id: options.id)
         let start = ContinuousClock.now
@@ -212,12 +221,11 @@ public final class Redlock: Sendable {
         while true {
             try Task.checkCancellation()
             attempt += 1
-            let result = await acquireOnce(
-                resource, value: value, ttl: ttl, options: options, attempt: attempt)
+            let result = await acquireOnce(keys, value: value, ttl: ttl, options: options, attempt: attempt)
             switch result {
             case .success(let lock):
                 if Task.isCancelled {
-                    releaseEverywhere(resource, value: value, until: start + ttl, options: options)
+                    releaseEverywhere(keys, value: value, until: start + ttl, options: options)
                     throw CancellationError()
                 }
                 metrics.grants.increment()
@@ -240,33 +248,61 @@ public final class Redlock: Sendable {
         }
     }
 
-    /// One attempt: SET NX PX on every node, decided as soon as the outcome is certain.
+    /// One attempt: SET NX PX (or the all-or-none script) on every node, decided as soon as the
+    /// outcome is certain; with fencing tokens, then the token's write-back to a quorum.
     private func acquireOnce(
-        _ resource: String, value: String, ttl: Duration, options: RedlockOptions, attempt: Int
+        _ keys: [String], value: String, ttl: Duration, options: RedlockOptions, attempt: Int
     ) async -> Result<Lock, RedlockError> {
         metrics.attempts.increment()
+        let resource = Lock.name(of: keys)
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
-        let tally = await fanOut(waitForAll: false, cancellable: true) { node, done in
-            node.acquire(key: resource, value: value, ttl: ttl, timeout: timeout, completion: done)
+        let counters = options.fencingTokens ? FencingCounters(count: nodes.count) : nil
+        var tally = await fanOut(waitForAll: false, cancellable: true) { index, node, done in
+            if let counters {
+                node.acquireFenced(
+                    key: keys[0], counterKey: Lock.fencingKey(for: keys[0]), value: value, ttl: ttl,
+                    timeout: timeout
+                ) { result, counter in
+                    counters.record(counter, at: index)
+                    done(result)
+                }
+            } else {
+                node.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: done)
+            }
+        }
+        log(options, "acquire", resource, attempt: attempt, tally: tally, elapsed: .now - start)
+        var fencingToken: Int64?
+        if let counters, tally.decision == .succeeded {
+            // Take max + 1 over the granting majority, and write it back to a majority before the lock
+            // is returned: majorities intersect, so the next grant reads at least this token.
+            let token = counters.max(over: tally.grantedIndices) + 1
+            let writeBack = await fanOut(waitForAll: false, cancellable: true) { _, node, done in
+                node.raiseFence(
+                    key: keys[0], counterKey: Lock.fencingKey(for: keys[0]), value: value, token: token,
+                    timeout: timeout, completion: done)
+            }
+            log(options, "fence", resource, attempt: attempt, tally: writeBack, elapsed: .now - start)
+            fencingToken = token
+            if writeBack.decision != .succeeded { tally = writeBack }
         }
         let now = ContinuousClock.now
         let validUntil = start + ttl - options.driftAllowance(for: ttl)
-        let evidence = tally.evidence(names: names)
-        log(options, "acquire", resource, attempt: attempt, tally: tally, elapsed: now - start)
         if tally.decision == .succeeded && now < validUntil {
-            let granted = zip(names, tally.outcomes).compactMap { $1 == .granted ? $0 : nil }
             return .success(
                 Lock(
-                    resource: resource, value: value, validity: validUntil - now, ttl: ttl,
-                    validUntil: validUntil, attempts: attempt, nodes: granted))
+                    resources: keys, value: value, validity: validUntil - now, ttl: ttl,
+                    validUntil: validUntil,
+                    attempts: attempt, nodes: tally.grantedIndices.map { names[$0] },
+                    fencingToken: fencingToken))
         }
         // Release on every node, not only those that said OK: a SET that timed out may have landed.
-        releaseEverywhere(resource, value: value, until: start + ttl, options: options)
+        releaseEverywhere(keys, value: value, until: start + ttl, options: options)
         if isClosed {
             return .failure(
                 RedlockError(.closed, resource: resource, attempts: attempt, message: "redlock was closed"))
         }
+        let evidence = tally.evidence(names: names)
         let error: RedlockError
         if tally.decision == .succeeded {
             error = RedlockError(
@@ -297,27 +333,39 @@ public final class Redlock: Sendable {
     ///   ``RedlockError/Kind/quorumUnavailable``, ``RedlockError/Kind/validityExpired``,
     ///   ``RedlockError/Kind/invalidArgument``, ``RedlockError/Kind/closed``.
     public func renew(_ resource: String, value: String, ttl: Duration) async throws(RedlockError) -> Lock {
-        let options = try prepare(resource, ttl: ttl)
+        try await renew([resource], value: value, ttl: ttl, fencingToken: nil)
+    }
+
+    /// Renews `lock` (all its resources) with a new ttl (its own ttl when nil). The fencing token,
+    /// if any, stays the same: it is the same grant.
+    public func renew(_ lock: Lock, ttl: Duration? = nil) async throws(RedlockError) -> Lock {
+        try await renew(
+            lock.resources, value: lock.value, ttl: ttl ?? lock.ttl, fencingToken: lock.fencingToken)
+    }
+
+    private func renew(
+        _ keys: [String], value: String, ttl: Duration, fencingToken: Int64?
+    ) async throws(RedlockError) -> Lock {
+        let options = try prepare(keys, ttl: ttl)
+        let resource = Lock.name(of: keys)
         guard !value.isEmpty else {
             throw RedlockError(.invalidArgument, resource: resource, message: "the lock value is empty")
         }
         metrics.attempts.increment()
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
-        let tally = await fanOut(waitForAll: false) { node, done in
-            node.extend(key: resource, value: value, ttl: ttl, timeout: timeout, completion: done)
+        let tally = await fanOut(waitForAll: false) { _, node, done in
+            node.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: done)
         }
         let now = ContinuousClock.now
         let validUntil = start + ttl - options.driftAllowance(for: ttl)
         log(options, "renew", resource, attempt: 1, tally: tally, elapsed: now - start)
-        let evidence = tally.evidence(names: names)
         if tally.decision == .succeeded && now < validUntil {
-            let granted = zip(names, tally.outcomes).compactMap { $1 == .granted ? $0 : nil }
             return Lock(
-                resource: resource, value: value, validity: validUntil - now, ttl: ttl,
-                validUntil: validUntil,
-                attempts: 1, nodes: granted)
+                resources: keys, value: value, validity: validUntil - now, ttl: ttl, validUntil: validUntil,
+                attempts: 1, nodes: tally.grantedIndices.map { names[$0] }, fencingToken: fencingToken)
         }
+        let evidence = tally.evidence(names: names)
         let error: RedlockError
         if isClosed {
             error = RedlockError(.closed, resource: resource, attempts: 1, message: "redlock was closed")
@@ -340,11 +388,6 @@ public final class Redlock: Sendable {
         throw error
     }
 
-    /// Renews `lock` with a new ttl (its own ttl when nil).
-    public func renew(_ lock: Lock, ttl: Duration? = nil) async throws(RedlockError) -> Lock {
-        try await renew(lock.resource, value: lock.value, ttl: ttl ?? lock.ttl)
-    }
-
     // MARK: Release
 
     /// Releases a lock, best effort, and returns at once (seed: `unlock`).
@@ -359,10 +402,10 @@ public final class Redlock: Sendable {
             return
         }
         // The key expires on its own after the ttl; unknown here, so bound retries by a generous one.
-        releaseEverywhere(resource, value: value, until: .now + .seconds(60), options: options)
+        releaseEverywhere([resource], value: value, until: .now + .seconds(60), options: options)
     }
 
-    /// Releases `lock` on every node and waits for their answers.
+    /// Releases `lock` (all its resources) on every node and waits for their answers.
     ///
     /// - Returns: how many nodes released it (deleted a key holding this lock's value).
     /// - Throws: ``RedlockError/Kind/notHeld`` when every node answered and none held it;
@@ -375,7 +418,7 @@ public final class Redlock: Sendable {
             throw RedlockError(.closed, resource: lock.resource, message: "redlock was closed")
         }
         let tally = await releaseOnce(
-            lock.resource, value: lock.value, until: lock.validUntil + options.driftAllowance(for: lock.ttl),
+            lock.resources, value: lock.value, until: lock.validUntil + options.driftAllowance(for: lock.ttl),
             options: options)
         log(options, "release", lock.resource, attempt: 1, tally: tally, elapsed: .zero)
         if tally.succeeded > 0 { return tally.succeeded }
@@ -391,33 +434,33 @@ public final class Redlock: Sendable {
     }
 
     /// Fire-and-forget release on every node, with background retries for failed nodes.
-    private func releaseEverywhere(
-        _ resource: String, value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions
+    func releaseEverywhere(
+        _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions
     ) {
-        Task { _ = await self.releaseOnce(resource, value: value, until: expiry, options: options) }
+        Task { _ = await self.releaseOnce(keys, value: value, until: expiry, options: options) }
     }
 
     /// Compare-and-delete on every node, waiting for all answers. Nodes that failed (timeout, no
     /// connection, error) are retried in the background, with a doubling delay, until `expiry`:
     /// past it the key has expired on its own.
     private func releaseOnce(
-        _ resource: String, value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions
+        _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions
     ) async -> QuorumTally {
         let timeout = options.nodeTimeout
-        let tally = await fanOut(waitForAll: true) { node, done in
-            node.release(key: resource, value: value, timeout: timeout, completion: done)
+        let tally = await fanOut(waitForAll: true) { _, node, done in
+            node.release(keys: keys, value: value, timeout: timeout, completion: done)
         }
         let failed = tally.outcomes.indices.filter {
             if case .failed = tally.outcomes[$0] { true } else { false }
         }
         if !failed.isEmpty {
-            retryRelease(failed.map { nodes[$0] }, resource, value, expiry, timeout, delay: .milliseconds(50))
+            retryRelease(failed.map { nodes[$0] }, keys, value, expiry, timeout, delay: .milliseconds(50))
         }
         return tally
     }
 
     private func retryRelease(
-        _ pending: [any RedlockNode], _ resource: String, _ value: String, _ expiry: ContinuousClock.Instant,
+        _ pending: [any RedlockNode], _ keys: [String], _ value: String, _ expiry: ContinuousClock.Instant,
         _ timeout: Duration, delay: Duration
     ) {
         guard !pending.isEmpty, ContinuousClock.now + delay < expiry else { return }
@@ -427,14 +470,13 @@ public final class Redlock: Sendable {
             var stillFailing: [any RedlockNode] = []
             for node in pending {
                 let result = await withCheckedContinuation { continuation in
-                    node.release(key: resource, value: value, timeout: timeout) {
+                    node.release(keys: keys, value: value, timeout: timeout) {
                         continuation.resume(returning: $0)
                     }
                 }
                 if case .failed = result { stillFailing.append(node) }
             }
-            self.retryRelease(
-                stillFailing, resource, value, expiry, timeout, delay: min(delay * 2, .seconds(2)))
+            self.retryRelease(stillFailing, keys, value, expiry, timeout, delay: min(delay * 2, .seconds(2)))
         }
     }
 
@@ -458,11 +500,22 @@ public final class Redlock: Sendable {
     // MARK: Internals
 
     /// Validates a call's input before any I/O and returns the options in force.
-    func prepare(_ resource: String, ttl: Duration) throws(RedlockError) -> RedlockOptions {
+    func prepare(_ keys: [String], ttl: Duration) throws(RedlockError) -> RedlockOptions {
+        let resource = keys.count == 1 ? keys[0] : nil
         let (options, closed) = state.withLock { ($0.options, $0.closed) }
         guard !closed else { throw RedlockError(.closed, resource: resource, message: "redlock was closed") }
-        guard !resource.isEmpty else {
+        guard !keys.isEmpty else {
+            throw RedlockError(.invalidArgument, message: "the list of resources is empty")
+        }
+        guard !keys.contains(where: \.isEmpty) else {
             throw RedlockError(.invalidArgument, message: "the resource name is empty")
+        }
+        guard Set(keys).count == keys.count else {
+            throw RedlockError(.invalidArgument, message: "a resource is named twice in \(keys)")
+        }
+        if options.fencingTokens && keys.count > 1 {
+            throw RedlockError(
+                .invalidArgument, message: "fencing tokens are issued for single-resource locks only")
         }
         guard ttl > .zero else {
             throw RedlockError(
@@ -471,6 +524,11 @@ public final class Redlock: Sendable {
         guard ttl.wholeMilliseconds >= 1 else {
             throw RedlockError(
                 .invalidArgument, resource: resource, message: "ttl must be at least 1 ms (got \(ttl))")
+        }
+        // Redis refuses PX values that overflow a 64-bit millisecond timestamp; stay far below.
+        guard ttl <= .seconds(100 * 365 * 24 * 3600) else {
+            throw RedlockError(
+                .invalidArgument, resource: resource, message: "ttl \(ttl) is longer than 100 years")
         }
         let drift = options.driftAllowance(for: ttl)
         guard ttl > drift else {
@@ -489,14 +547,14 @@ public final class Redlock: Sendable {
     private func fanOut(
         waitForAll: Bool,
         cancellable: Bool = false,
-        _ operation: (any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
+        _ operation: (Int, any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
     ) async -> QuorumTally {
         let round = FanOutRound(nodeCount: nodes.count, waitForAll: waitForAll)
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 round.start { continuation.resume(returning: $0) }
                 for (index, node) in nodes.enumerated() {
-                    operation(node) { round.record($0, at: index) }
+                    operation(index, node) { round.record($0, at: index) }
                 }
             }
         } onCancel: {
@@ -515,6 +573,23 @@ public final class Redlock: Sendable {
                 "refused": "\(tally.refused)", "failed": "\(tally.failed)",
                 "elapsed_ms": "\(elapsed.milliseconds)",
             ])
+    }
+}
+
+/// The fencing counters the granting nodes answered in one fenced attempt.
+private final class FencingCounters: Sendable {
+    private let counters: Mutex<[Int64]>
+
+    init(count: Int) {
+        counters = Mutex(Array(repeating: 0, count: count))
+    }
+
+    func record(_ counter: Int64, at index: Int) {
+        counters.withLock { $0[index] = counter }
+    }
+
+    func max(over indices: [Int]) -> Int64 {
+        counters.withLock { counters in indices.map { counters[$0] }.max() ?? 0 }
     }
 }
 

@@ -22,11 +22,79 @@ public protocol RedlockNode: Sendable {
     func release(
         key: String, value: String, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void)
+    /// Multi-resource acquire: on this node, sets every key or none. ``NodeResult/refused`` when any is
+    /// held. The default handles one key with ``acquire(key:value:ttl:timeout:completion:)`` and
+    /// answers a failure for more.
+    func acquire(
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void)
+    /// Multi-resource extend: extends every key only when all of them hold `value`.
+    func extend(
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void)
+    /// Multi-resource release: deletes each key that holds `value`; ``NodeResult/succeeded`` when any was.
+    func release(
+        keys: [String], value: String, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void)
+    /// Fenced acquire: `SET key value NX PX ttl`, answering with the node's fencing counter for the
+    /// resource (kept under `counterKey`) when granted. The default answers a failure.
+    func acquireFenced(
+        key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult, Int64) -> Void)
+    /// Fencing write-back: raises the counter under `counterKey` to `token` (never lowers it), only
+    /// while `key` holds `value`; ``NodeResult/refused`` when it does not. The default answers a failure.
+    func raiseFence(
+        key: String, counterKey: String, value: String, token: Int64, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void)
     /// Registers the one handler told each time the connection goes up (true) or down (false).
     /// ``Redlock`` calls this once, when it is created.
     func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void)
     /// Closes the node's connection.
     func close() async
+}
+
+extension RedlockNode {
+    public func acquire(
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        guard keys.count == 1 else { return completion(.failed(unsupported("multi-resource locks"))) }
+        acquire(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
+    }
+
+    public func extend(
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        guard keys.count == 1 else { return completion(.failed(unsupported("multi-resource locks"))) }
+        extend(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
+    }
+
+    public func release(
+        keys: [String], value: String, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        guard keys.count == 1 else { return completion(.failed(unsupported("multi-resource locks"))) }
+        release(key: keys[0], value: value, timeout: timeout, completion: completion)
+    }
+
+    public func acquireFenced(
+        key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult, Int64) -> Void
+    ) {
+        completion(.failed(unsupported("fencing tokens")), 0)
+    }
+
+    public func raiseFence(
+        key: String, counterKey: String, value: String, token: Int64, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        completion(.failed(unsupported("fencing tokens")))
+    }
+
+    private func unsupported(_ feature: String) -> NodeFailure {
+        NodeFailure(.errorReply, "node \(name) does not support \(feature)")
+    }
 }
 
 /// One node's answer to one operation.

@@ -37,6 +37,13 @@ public struct RedlockOptions: Sendable {
     /// The default is 10 minutes.
     public var maxHold: Duration
 
+    /// Issue a fencing token with every lock (``Lock/fencingToken``): a number that strictly increases
+    /// with each grant of a resource, across clients and across a minority of node restarts, for the
+    /// storage the lock protects to check. Costs one more round trip per lock, keeps a counter key
+    /// `<resource>:fencing-token` on each node, and assumes nodes keep their data across restarts
+    /// (`appendfsync always`). Single-resource locks only. The default is false.
+    public var fencingTokens: Bool
+
     /// Logs each attempt at `debug` level when true; at `trace` level when false (the default), as the
     /// seed's `debug` flag did. The library never changes the logger's level.
     public var debug: Bool
@@ -54,6 +61,7 @@ public struct RedlockOptions: Sendable {
         nodeTimeout: Duration = .milliseconds(100),
         connection: RedisConnectionOptions = .init(),
         maxHold: Duration = .seconds(600),
+        fencingTokens: Bool = false,
         debug: Bool = false,
         logger: Logger = Logger(label: "multiredlock")
     ) {
@@ -65,6 +73,7 @@ public struct RedlockOptions: Sendable {
         self.nodeTimeout = nodeTimeout
         self.connection = connection
         self.maxHold = maxHold
+        self.fencingTokens = fencingTokens
         self.debug = debug
         self.logger = logger
     }

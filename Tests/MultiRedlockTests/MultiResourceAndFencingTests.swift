@@ -1,0 +1,180 @@
+import LocalRedis
+import MultiRedlock
+import Testing
+
+@testable import MultiRedlock
+
+/// Multi-resource locks and fencing tokens against real redis-servers.
+@Suite(.serialized)
+struct MultiResourceAndFencingTests {
+    static func redlock(
+        _ group: RedisServerGroup, fencing: Bool = false, id: String = "multi", retries: Int = 0
+    ) throws -> Redlock {
+        try Redlock(
+            servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) },
+            options: RedlockOptions(
+                id: id, retries: retries, retryWait: .milliseconds(10), nodeTimeout: .milliseconds(500),
+                fencingTokens: fencing))
+    }
+
+    @Test func newScriptDigestsMatchTheServers() throws {
+        let server = try RedisServerProcess.start()
+        defer { server.stop() }
+        for script in [
+            Scripts.acquireAll, Scripts.extendAll, Scripts.releaseAll, Scripts.acquireFenced,
+            Scripts.raiseFence,
+        ] {
+            #expect(try server.cli("SCRIPT", "LOAD", script.source) == script.sha1)
+        }
+    }
+
+    @Test func allKeysOrNone() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group)
+        let base = RedlockIntegrationTests.uniqueResource()
+        let keys = ["\(base)-a", "\(base)-b", "\(base)-c"]
+
+        let lock = try await redlock.lock(keys, ttl: .seconds(10))
+        #expect(lock.resources == keys)
+        #expect(lock.resource == keys.joined(separator: ","))
+        for server in group.servers {
+            for key in keys { #expect(try server.cli("GET", key) == lock.value) }
+        }
+        let renewed = try await redlock.renew(lock, ttl: .seconds(30))
+        for server in group.servers {
+            for key in keys { #expect(try #require(Int(try server.cli("PTTL", key))) > 29_000) }
+        }
+        #expect(try await redlock.release(renewed) == 3)
+        for server in group.servers {
+            for key in keys { #expect(try server.cli("EXISTS", key) == "0") }
+        }
+
+        // One key held elsewhere on one node: that node sets none of them, the other two grant.
+        try group[0].cli("SET", keys[1], "someone-else", "PX", "30000")
+        let partial = try await redlock.lock(keys, ttl: .seconds(10))
+        #expect(partial.nodes.count == 2)
+        #expect(try group[0].cli("EXISTS", keys[0], keys[2]) == "0")
+        try await redlock.release(partial)
+
+        // Held on two nodes: no quorum, and nothing of ours is left anywhere.
+        try group[1].cli("SET", keys[1], "someone-else", "PX", "30000")
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.lock(keys, ttl: .seconds(10))
+        }
+        #expect(error.kind == .taken)
+        try await eventually {
+            try group.servers.allSatisfy { try $0.cli("EXISTS", keys[0], keys[2]) == "0" }
+        }
+        #expect(try group[0].cli("GET", keys[1]) == "someone-else")
+
+        // Renew fails once one key is gone on a majority: all or none.
+        for server in group.servers { try server.cli("DEL", keys[1]) }
+        let held = try await redlock.lock(keys, ttl: .seconds(10))
+        for server in group.servers.prefix(2) { try server.cli("DEL", keys[2]) }
+        let renewError = try await #require(throws: RedlockError.self) { try await redlock.renew(held) }
+        #expect(renewError.kind == .notHeld)
+        try await redlock.release(held)
+
+        for bad in [[String](), [keys[0], keys[0]], [keys[0], ""]] {
+            let invalid = try await #require(throws: RedlockError.self) {
+                try await redlock.lock(bad, ttl: .seconds(1))
+            }
+            #expect(invalid.kind == .invalidArgument)
+        }
+        await redlock.close()
+    }
+
+    @Test func fencingTokensStrictlyIncreaseAcrossClients() async throws {
+        let group = try RedisServerGroup.start(count: 3, .init(appendOnly: true))
+        defer { group.stopAll() }
+        let clients = try (0..<3).map {
+            try Self.redlock(group, fencing: true, id: "fence-\($0)", retries: 50)
+        }
+        let resource = RedlockIntegrationTests.uniqueResource()
+        var tokens: [Int64] = []
+        for round in 0..<300 {
+            let lock = try await clients[round % clients.count].lock(resource, ttl: .seconds(5))
+            tokens.append(try #require(lock.fencingToken))
+            try await clients[round % clients.count].release(lock)
+            // A minority node crashes and comes back with its data (appendfsync always).
+            if round == 100 {
+                #expect(group[0].kill9())
+                #expect(!group[0].isRunning)
+            }
+            if round == 150 { try group[0].restart() }
+        }
+        #expect(zip(tokens, tokens.dropFirst()).allSatisfy { $0 < $1 })
+        #expect(tokens.first == 1)
+        // The counter is on the nodes, never lowered.
+        #expect(try group[1].cli("GET", Lock.fencingKey(for: resource)) == String(tokens.last!))
+        for client in clients { await client.close() }
+    }
+
+    @Test func concurrentFencedGrantsAreOrdered() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let clients = try (0..<4).map {
+            try Self.redlock(group, fencing: true, id: "race-\($0)", retries: 1000)
+        }
+        // Each holder records (token, start, end); holds never overlap, so tokens must follow time.
+        let holds = try await withThrowingTaskGroup(of: [(Int64, ContinuousClock.Instant)].self) { tasks in
+            for client in clients {
+                tasks.addTask {
+                    var mine: [(Int64, ContinuousClock.Instant)] = []
+                    for _ in 0..<25 {
+                        let lock = try await client.lock(resource, ttl: .seconds(5))
+                        mine.append((try #require(lock.fencingToken), .now))
+                        try await client.release(lock)
+                    }
+                    return mine
+                }
+            }
+            return try await tasks.reduce(into: []) { $0 += $1 }
+        }
+        let ordered = holds.sorted { $0.1 < $1.1 }
+        #expect(ordered.count == 100)
+        #expect(zip(ordered, ordered.dropFirst()).allSatisfy { $0.0 < $1.0 })
+        for client in clients { await client.close() }
+    }
+
+    @Test func aMajorityThatLosesItsDataBreaksTheTokens() async throws {
+        // Negative test: the assumption is that nodes keep their counters. Without persistence, a
+        // majority restarted empty hands out a token that goes backwards.
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let before = try Self.redlock(group, fencing: true, id: "before")
+        var last: Int64 = 0
+        for _ in 0..<5 {
+            let lock = try await before.lock(resource, ttl: .seconds(2))
+            last = try #require(lock.fencingToken)
+            try await before.release(lock)
+        }
+        await before.close()
+        #expect(last == 5)
+        for server in group.servers.prefix(2) {
+            #expect(server.kill9())
+            try server.restart()
+        }
+        #expect(group[2].pause())  // the one node that kept its counter is out of reach
+        defer { group[2].resume() }
+        let after = try Self.redlock(group, fencing: true, id: "after")
+        let lock = try await after.lock(resource, ttl: .seconds(2))
+        #expect(try #require(lock.fencingToken) <= last)
+        try await after.release(lock)
+        await after.close()
+    }
+
+    @Test func fencingIsForSingleResources() async throws {
+        let group = try RedisServerGroup.start(count: 1)
+        defer { group.stopAll() }
+        let redlock = try Self.redlock(group, fencing: true)
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.lock(["a", "b"], ttl: .seconds(1))
+        }
+        #expect(error.kind == .invalidArgument)
+        await redlock.close()
+    }
+}

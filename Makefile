@@ -9,7 +9,7 @@ TSAN_FILTER  ?= ConcurrencyTests|ConnectionTests
 # Where test runs keep their redis-server directories (pidfiles, logs); made fresh for each run.
 TMPROOT      ?= /tmp
 
-.PHONY: all deps build test test-only lint format tsan demo clean
+.PHONY: all deps build test test-only lint format tsan demo clean bench verify
 
 all: build
 
@@ -60,6 +60,28 @@ demo: deps
 	@root=$$(mktemp -d $(TMPROOT)/multiredlock-demo.XXXXXX); \
 	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
 	MULTIREDLOCK_TEST_DIR="$$root" $$($(SWIFT) build --show-bin-path)/multiredlock-demo
+
+## bench: release build, 5 local redis-servers, redis-benchmark limits, redlock-bench, one table of
+## ratios (medians over ROUNDS rounds, default 3), e.g. make bench ROUNDS=5; see .ci/bench
+bench: deps
+	@ROUNDS="$(ROUNDS)" SWIFT="$(SWIFT)" TMPROOT="$(TMPROOT)" .ci/bench
+
+## verify: model-check the fencing-token protocol with spin (Tests/Model/fencing.pml); the broken
+## variant without write-back must produce a counterexample
+verify:
+	@command -v spin >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y spin; }
+	@dir=$$(mktemp -d $(TMPROOT)/multiredlock-verify.XXXXXX); trap 'rm -rf "'"$$dir"'"' EXIT; \
+	cp Tests/Model/fencing.pml "$$dir"/ && cd "$$dir" && \
+	echo "== spin: the protocol (tokens strictly increase for later attempts)" && \
+	spin -a fencing.pml && cc -O2 -DSAFETY -DCOLLAPSE -o pan pan.c && ./pan -m100000 > ok.log 2>&1; \
+	grep -E "states, stored|errors:" ok.log; \
+	grep -q "errors: 0" ok.log || { echo "FAIL: spin found a violation in the protocol"; cat ok.log; exit 1; }; \
+	echo "== spin: the broken variant without write-back (must fail)" && \
+	spin -DNO_WRITE_BACK -a fencing.pml && cc -O2 -DSAFETY -o pan pan.c && ./pan -m100000 > bad.log 2>&1; \
+	grep -q "assertion violated" bad.log || { echo "FAIL: the broken variant was not caught"; cat bad.log; exit 1; }; \
+	grep "assertion violated" bad.log; \
+	echo "   counterexample:"; spin -DNO_WRITE_BACK -t -p -g fencing.pml | grep -E "assert|counter\[|maxIssued|token =" | tail -12; \
+	echo "verify: 2 passed, 0 failed"
 
 clean:
 	rm -rf .build .build-tsan

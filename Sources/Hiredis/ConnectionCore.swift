@@ -19,7 +19,8 @@ import Synchronization
 /// the core outlives every context it creates, because a context is freed (or handed to hiredis
 /// to free) before `close` finishes, and `close` is the last thing the owning handle does.
 // @unchecked Sendable: every stored var is read and written only on `queue`, the connection's
-// serial queue (all entry points hop onto it); `connected` is an Atomic read from any thread.
+// serial queue (all entry points hop onto it, or run directly when already on it);
+// `connected` is an Atomic and `serverIdentity` a Mutex, read from any thread.
 final class ConnectionCore: @unchecked Sendable {
     typealias Completion = @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
 
@@ -57,16 +58,25 @@ final class ConnectionCore: @unchecked Sendable {
     private var lastError: RedisConnectionError?
     private var reportedConnected: Bool?
 
+    /// Marks the queues connections run on, so a call made on its own queue needs no hop.
+    private static let queueKey = DispatchSpecificKey<ObjectIdentifier>()
+
+    /// Scratch space for formatting commands (RESP), reused so a command costs no allocation here.
+    private var formatBuffer: [UInt8] = []
+
     init(
         server: RedisServer,
         options: RedisConnectionOptions,
+        queue: DispatchQueue?,
         observer: (@Sendable (RedisConnectionState) -> Void)?
     ) {
         self.server = server
         self.options = options
         self.observer = observer
         serverName = server.description
-        queue = DispatchQueue(label: "multiredlock.redis.\(server.description)")
+        let queue = queue ?? DispatchQueue(label: "multiredlock.redis.\(server.description)")
+        queue.setSpecific(key: Self.queueKey, value: ObjectIdentifier(queue))
+        self.queue = queue
         timer = DispatchSource.makeTimerSource(queue: queue)
         timer.setEventHandler { [weak self] in self?.timerFired() }
         timer.schedule(deadline: .distantFuture)
@@ -92,7 +102,16 @@ final class ConnectionCore: @unchecked Sendable {
             return
         }
         let pending = Pending(deadline: deadline(after: timeout), completion: completion)
-        queue.async { self.enqueue(command, pending) }
+        if isOnQueue {
+            enqueue(command, pending)
+        } else {
+            queue.async { self.enqueue(command, pending) }
+        }
+    }
+
+    /// Whether the caller runs on this connection's queue (then it may call in directly).
+    var isOnQueue: Bool {
+        DispatchQueue.getSpecific(key: Self.queueKey) == ObjectIdentifier(queue)
     }
 
     private func enqueue(_ command: RedisCommand, _ pending: Pending) {
@@ -115,8 +134,13 @@ final class ConnectionCore: @unchecked Sendable {
             pending.completion(.failure(error(.notConnected, "connection is down")))
             return
         }
-        let status = command.withArgv { argc, argv, lengths in
-            redisAsyncCommandArgv(context, replyCallback, nil, argc, argv, lengths)
+        // Formatted here (RESP) and handed over whole: cheaper than hiredis's sds formatting.
+        formatBuffer.removeAll(keepingCapacity: true)
+        command.format(into: &formatBuffer)
+        let status = formatBuffer.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) {
+                redisAsyncFormattedCommand(context, replyCallback, nil, $0.baseAddress, $0.count)
+            }
         }
         if status == REDIS_OK {
             inflight.append(pending)
@@ -416,9 +440,9 @@ final class ConnectionCore: @unchecked Sendable {
         queue.async {
             if self.phase != .closed {
                 let failure = self.error(.closed, "connection was closed")
+                self.phase = .closed
                 self.dropContext(failing: failure)
                 for (_, pending) in self.waiting.removeAll() { pending.completion(.failure(failure)) }
-                self.phase = .closed
                 self.timer.cancel()
                 if self.connected.exchange(false, ordering: .acquiringAndReleasing) {
                     self.report(.disconnected(failure))

@@ -8,8 +8,18 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
 
     /// A command from text arguments, e.g. `RedisCommand(["SET", "key", "value"])`.
     public init(_ arguments: [String]) {
+        var total = 0
+        for argument in arguments { total += argument.utf8.count }
+        bytes.reserveCapacity(total)
         lengths.reserveCapacity(arguments.count)
         for argument in arguments { append(argument) }
+    }
+
+    /// An empty command with room for `count` arguments of `byteCount` bytes in all; fill it with
+    /// ``append(_:)``.
+    public init(reservingArguments count: Int, bytes byteCount: Int) {
+        bytes.reserveCapacity(byteCount)
+        lengths.reserveCapacity(count)
     }
 
     /// A command from binary arguments; any byte, NUL included, is allowed.
@@ -50,6 +60,46 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
             offset += length
         }
         return parts.joined(separator: " ")
+    }
+
+    /// Appends the command in RESP, the Redis protocol: `*<count>\r\n` then `$<length>\r\n<bytes>\r\n`
+    /// for each argument.
+    func format(into buffer: inout [UInt8]) {
+        buffer.reserveCapacity(buffer.count + bytes.count + 16 * (lengths.count + 1))
+        buffer.append(UInt8(ascii: "*"))
+        appendDecimal(lengths.count, to: &buffer)
+        var offset = 0
+        for length in lengths {
+            buffer.append(UInt8(ascii: "$"))
+            appendDecimal(length, to: &buffer)
+            buffer.append(contentsOf: bytes[offset..<offset + length])
+            buffer.append(13)
+            buffer.append(10)
+            offset += length
+        }
+    }
+
+    /// Appends `value` in decimal, then CRLF.
+    private func appendDecimal(_ value: Int, to buffer: inout [UInt8]) {
+        var digits:
+            (
+                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
+            ) = (
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            )
+        var count = 0
+        var rest = value
+        withUnsafeMutableBytes(of: &digits) { digits in
+            repeat {
+                digits[count] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+                count += 1
+            } while rest > 0
+            for index in stride(from: count - 1, through: 0, by: -1) { buffer.append(digits[index]) }
+        }
+        buffer.append(13)
+        buffer.append(10)
     }
 
     /// Calls `body` with hiredis's `argc`, `argv` and `argvlen` for this command.

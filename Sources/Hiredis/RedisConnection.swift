@@ -36,6 +36,10 @@ public final class RedisConnection: Sendable {
     /// - Parameters:
     ///   - server: the server's address; it is validated first.
     ///   - options: timeouts and reconnect backoff.
+    ///   - queue: the serial queue the connection runs on, its hiredis callbacks and completions
+    ///     included. Connections may share one: a `Redlock` gives all its nodes one queue, so that a
+    ///     fan-out to N servers is one hop and their replies are handled on one thread. The default
+    ///     is a queue of the connection's own.
     ///   - onStateChange: called on the connection's own serial queue each time the state changes
     ///     (connected, or disconnected with the reason). It must not block.
     /// - Throws: ``RedisConnectionError`` of kind ``RedisConnectionError/Kind/invalidAddress`` when
@@ -43,6 +47,7 @@ public final class RedisConnection: Sendable {
     public init(
         server: RedisServer,
         options: RedisConnectionOptions = .init(),
+        queue: DispatchQueue? = nil,
         onStateChange: (@Sendable (RedisConnectionState) -> Void)? = nil
     ) throws(RedisConnectionError) {
         do {
@@ -53,7 +58,7 @@ public final class RedisConnection: Sendable {
         ignoreSIGPIPE()
         self.server = server
         self.options = options
-        core = ConnectionCore(server: server, options: options, observer: onStateChange)
+        core = ConnectionCore(server: server, options: options, queue: queue, observer: onStateChange)
         core.start()
     }
 

@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// A Redis master reached through a ``RedisConnection``: the real ``RedlockNode``.
@@ -20,12 +21,17 @@ public final class RedisNode: RedlockNode {
     private let longestTTL = Atomic<Int64>(0)
 
     /// Connects to `server` (without waiting for it).
+    /// - Parameters:
+    ///   - queue: the serial queue the connection runs on (see ``RedisConnection``); `Redlock` gives
+    ///     all its nodes one. The default is a queue of its own.
     /// - Throws: ``RedisConnectionError`` when the address is invalid.
-    public init(server: RedisServer, options: RedisConnectionOptions = .init()) throws(RedisConnectionError) {
+    public init(
+        server: RedisServer, options: RedisConnectionOptions = .init(), queue: DispatchQueue? = nil
+    ) throws(RedisConnectionError) {
         let slot = HandlerSlot()
         self.server = server
         observed = slot
-        connection = try RedisConnection(server: server, options: options) { state in
+        connection = try RedisConnection(server: server, options: options, queue: queue) { state in
             slot.call(state == .connected)
         }
     }
@@ -211,6 +217,16 @@ public final class RedisNode: RedlockNode {
                 completion(result)
             }
         }
+    }
+
+    private static func command(_ name: String, _ script: String, _ tail: [String]) -> RedisCommand {
+        var bytes = name.utf8.count + script.utf8.count
+        for argument in tail { bytes += argument.utf8.count }
+        var command = RedisCommand(reservingArguments: tail.count + 2, bytes: bytes)
+        command.append(name)
+        command.append(script)
+        for argument in tail { command.append(argument) }
+        return command
     }
 
     private static func scriptResult(_ result: Result<RedisReply, RedisConnectionError>) -> NodeResult {

@@ -37,6 +37,9 @@ public final class Redlock: Sendable {
     public let quorum: Int
 
     private let names: [String]
+    /// The one serial queue all the nodes' connections run on, when this Redlock made them: a
+    /// fan-out then costs one hop to it, however many nodes there are.
+    private let ioQueue: DispatchQueue?
     private let state: Mutex<State>
     private let events = DispatchQueue(label: "multiredlock.events")
     private let metrics: RedlockMetrics
@@ -72,21 +75,29 @@ public final class Redlock: Sendable {
             )
         }
         var nodes: [any RedlockNode] = []
+        let queue = DispatchQueue(label: "multiredlock.io")
         for server in servers {
             do {
-                nodes.append(try RedisNode(server: server, options: options.connection))
+                nodes.append(try RedisNode(server: server, options: options.connection, queue: queue))
             } catch {
                 for node in nodes { Task { await node.close() } }
                 throw RedlockError(.invalidArgument, message: error.message)
             }
         }
-        try self.init(nodes: nodes, options: options)
+        try self.init(nodes: nodes, options: options, ioQueue: queue)
     }
 
     /// A Redlock over nodes of your own, such as `MultiRedlockTesting`'s in-memory nodes.
     /// - Throws: ``RedlockError`` of kind ``RedlockError/Kind/invalidArgument`` for an empty node
     ///   list, duplicate names, or invalid options.
-    public init(nodes: [any RedlockNode], options: RedlockOptions = .init()) throws(RedlockError) {
+    public convenience init(nodes: [any RedlockNode], options: RedlockOptions = .init()) throws(RedlockError)
+    {
+        try self.init(nodes: nodes, options: options, ioQueue: nil)
+    }
+
+    private init(nodes: [any RedlockNode], options: RedlockOptions, ioQueue: DispatchQueue?)
+        throws(RedlockError)
+    {
         guard !nodes.isEmpty else {
             throw RedlockError(.invalidArgument, message: "the node list is empty")
         }
@@ -97,6 +108,7 @@ public final class Redlock: Sendable {
         }
         self.nodes = nodes
         self.names = names
+        self.ioQueue = ioQueue
         quorum = nodes.count / 2 + 1
         state = Mutex(State(options: options, nodeUp: Array(repeating: false, count: nodes.count)))
         metrics = RedlockMetrics()
@@ -547,15 +559,22 @@ public final class Redlock: Sendable {
     private func fanOut(
         waitForAll: Bool,
         cancellable: Bool = false,
-        _ operation: (Int, any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
+        _ operation:
+            @escaping @Sendable (Int, any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
     ) async -> QuorumTally {
         let round = FanOutRound(nodeCount: nodes.count, waitForAll: waitForAll)
+        let nodes = nodes
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 round.start { continuation.resume(returning: $0) }
-                for (index, node) in nodes.enumerated() {
-                    operation(index, node) { round.record($0, at: index) }
+                let send: @Sendable () -> Void = {
+                    for (index, node) in nodes.enumerated() {
+                        operation(index, node) { round.record($0, at: index) }
+                    }
                 }
+                // One hop to the nodes' shared queue; there each command goes straight to hiredis,
+                // and all of them leave in the flush at the end of that queue turn.
+                if let ioQueue { ioQueue.async(execute: send) } else { send() }
             }
         } onCancel: {
             if cancellable { round.finishEarly() }

@@ -56,7 +56,7 @@ format:
 
 ## demo: start three local redis-servers, show the library at work, stop them
 demo: deps
-	$(SWIFT) build --product multiredlock-demo
+	$(SWIFT) build --product redlock && $(SWIFT) build --product multiredlock-demo
 	@root=$$(mktemp -d $(TMPROOT)/multiredlock-demo.XXXXXX); \
 	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
 	MULTIREDLOCK_TEST_DIR="$$root" $$($(SWIFT) build --show-bin-path)/multiredlock-demo

@@ -43,7 +43,9 @@ let package = Package(
         // The command-line tool: locks for shell scripts, cron jobs and deploy steps.
         .executableTarget(
             name: "redlock",
-            dependencies: ["MultiRedlock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "MultiRedlock", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         // The benchmark behind `make bench`.
         .executableTarget(

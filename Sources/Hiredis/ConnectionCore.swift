@@ -98,7 +98,8 @@ final class ConnectionCore: @unchecked Sendable {
 
     func submit(_ command: RedisCommand, timeout: Duration, completion: @escaping Completion) {
         guard command.count > 0 else {
-            completion(.failure(error(.invalidCommand, "a command needs at least its name")))
+            let failure = error(.invalidCommand, "a command needs at least its name")
+            queue.async { completion(.failure(failure)) }
             return
         }
         let pending = Pending(deadline: deadline(after: timeout), completion: completion)
@@ -383,7 +384,10 @@ final class ConnectionCore: @unchecked Sendable {
         }
         context = nil
         adapter = nil
-        for pending in inflight.removeAll() { pending.completion(.failure(failure)) }
+        // These were sent: whatever the reason they fail, the server may still run them.
+        var sent = failure
+        sent.outcomeUnknown = true
+        for pending in inflight.removeAll() { pending.completion(.failure(sent)) }
     }
 
     // MARK: Deadlines
@@ -438,6 +442,7 @@ final class ConnectionCore: @unchecked Sendable {
 
     func close(then completion: (@Sendable () -> Void)?) {
         queue.async {
+            let adapter = self.adapter
             if self.phase != .closed {
                 let failure = self.error(.closed, "connection was closed")
                 self.phase = .closed
@@ -448,8 +453,15 @@ final class ConnectionCore: @unchecked Sendable {
                     self.report(.disconnected(failure))
                 }
             }
-            // After the deferred free that dropContext queued.
-            if let completion { self.queue.async { completion() } }
+            // After the deferred free that dropContext queued, and once the event sources are
+            // unregistered and their descriptor closed.
+            if let completion {
+                if let adapter {
+                    adapter.whenReleased(completion)
+                } else {
+                    self.queue.async { completion() }
+                }
+            }
         }
     }
 

@@ -1,6 +1,12 @@
 import CHiredis
 import Dispatch
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// The hiredis event-loop adapter for Dispatch, shaped like hiredis's own `adapters/libevent.h`:
 /// one object holding the context and its two event sources, idempotent add/del read/write and
 /// cleanup hooks, one handler per direction, and `attach`, which refuses a context that already has
@@ -31,12 +37,30 @@ final class DispatchEventAdapter: @unchecked Sendable {
     /// Set by hiredis's cleanup hook: hiredis is freeing, or has freed, the context.
     private(set) var contextFreed = false
 
-    private init(context: UnsafeMutablePointer<redisAsyncContext>, queue: DispatchQueue) {
+    /// Left by each source's cancel handler; once both have left, the duplicate descriptor is closed.
+    private let released = DispatchGroup()
+
+    /// The sources watch a duplicate of hiredis's descriptor, closed only once libdispatch has
+    /// unregistered both sources. hiredis closes its own descriptor when it frees the context, and
+    /// libdispatch on Linux unregisters cancelled sources later, asynchronously: watching hiredis's
+    /// descriptor directly, a new connection that got the same number attached its sources to the
+    /// stale registration and never heard of its socket again.
+    private init(context: UnsafeMutablePointer<redisAsyncContext>, queue: DispatchQueue, fd: Int32) {
         self.context = context
         self.queue = queue
-        let fd = context.pointee.c.fd
         readSource = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
         writeSource = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: queue)
+        released.enter()
+        released.enter()
+        let released = released
+        readSource.setCancelHandler { released.leave() }
+        writeSource.setCancelHandler { released.leave() }
+        released.notify(queue: queue) { _ = close(fd) }
+    }
+
+    /// Runs `work` on the queue once the sources are unregistered and their descriptor is closed.
+    func whenReleased(_ work: @escaping @Sendable () -> Void) {
+        released.notify(queue: queue, execute: work)
     }
 
     /// Installs the adapter's hooks on `context`. Returns nil when the context already has an
@@ -47,7 +71,9 @@ final class DispatchEventAdapter: @unchecked Sendable {
         queue: DispatchQueue
     ) -> DispatchEventAdapter? {
         guard context.pointee.ev.data == nil else { return nil }
-        let adapter = DispatchEventAdapter(context: context, queue: queue)
+        let fd = dup(context.pointee.c.fd)
+        guard fd >= 0 else { return nil }
+        let adapter = DispatchEventAdapter(context: context, queue: queue, fd: fd)
         context.pointee.ev.data = Unmanaged.passUnretained(adapter).toOpaque()
         context.pointee.ev.addRead = { adapterFrom($0)?.addRead() }
         context.pointee.ev.delRead = { adapterFrom($0)?.delRead() }

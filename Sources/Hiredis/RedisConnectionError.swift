@@ -31,16 +31,17 @@ public struct RedisConnectionError: Error, Sendable, Hashable, CustomStringConve
     /// What happened, in words.
     public var message: String
 
-    public init(_ kind: Kind, server: String, message: String) {
+    /// Whether the command may have been executed by the server although no reply came back: it
+    /// was sent, and then timed out, lost its connection, or was failed by `close()`. A lock client
+    /// must then assume it ran. False when the command was never sent.
+    public var outcomeUnknown: Bool
+
+    /// An error; `outcomeUnknown` defaults to true for timeouts and lost connections.
+    public init(_ kind: Kind, server: String, message: String, outcomeUnknown: Bool? = nil) {
         self.kind = kind
         self.server = server
         self.message = message
-    }
-
-    /// Whether the command may have been executed by the server although no reply came back
-    /// (a timeout or a lost connection). A lock client must then assume it was.
-    public var outcomeUnknown: Bool {
-        kind == .timeout || kind == .connectionLost
+        self.outcomeUnknown = outcomeUnknown ?? (kind == .timeout || kind == .connectionLost)
     }
 
     public var description: String {

@@ -26,6 +26,18 @@ struct QuorumTally: Sendable {
         return .undecided
     }
 
+    /// Whether the outcome and its kind are both final: succeeded, or failed with the refusals
+    /// either ruling a quorum out already or unable to any more (too few answers pending), so that
+    /// ``refusedByQuorum`` cannot change. A failure is reported only once settled: otherwise the
+    /// error's kind would depend on which nodes happened to answer first.
+    var isSettled: Bool {
+        switch decision {
+        case .undecided: false
+        case .succeeded: true
+        case .failed: refusedByQuorum || refused + (total - answered) <= total - quorum
+        }
+    }
+
     /// Records node `index`'s answer (a second answer for one node is ignored).
     mutating func record(_ result: NodeResult, at index: Int) {
         guard case .pending = outcomes[index] else { return }

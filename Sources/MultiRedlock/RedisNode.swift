@@ -267,10 +267,13 @@ extension NodeFailure {
 }
 
 extension Duration {
-    /// The duration in whole milliseconds (rounded down).
+    /// The duration in whole milliseconds (rounded down), clamped to `Int64`'s range.
     var wholeMilliseconds: Int64 {
         let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1000)
+        if overflow { return seconds < 0 ? .min : .max }
+        let (sum, sumOverflow) = product.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
+        return sumOverflow ? .max : sum
     }
 
     /// The duration in milliseconds, with fractions.

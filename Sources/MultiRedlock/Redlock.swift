@@ -41,6 +41,8 @@ public final class Redlock: Sendable {
     /// fan-out then costs one hop to it, however many nodes there are.
     private let ioQueue: DispatchQueue?
     private let state: Mutex<State>
+    /// Background releases started and not finished (see ``releaseEverywhere``).
+    private let releasesInFlight = Atomic<Int>(0)
     private let events = DispatchQueue(label: "multiredlock.events")
     private let metrics: RedlockMetrics
 
@@ -222,8 +224,11 @@ public final class Redlock: Sendable {
         case deadline(ContinuousClock.Instant)
     }
 
-    /// The retry loop. Cancellation stops it at once, in an attempt or between two: whatever the
-    /// attempt set is released, and `CancellationError` is thrown.
+    /// The retry loop. A failed attempt is released on every node before the next attempt starts,
+    /// so that attempt never meets this lock's own leftovers (the value is the same for all
+    /// attempts of one call); the last failed attempt is released in the background. Cancellation
+    /// stops the loop at once, in an attempt or between two: whatever the attempt set is released,
+    /// and `CancellationError` is thrown.
     func acquire(
         _ keys: [String], ttl: Duration, options: RedlockOptions, until limit: RetryLimit
     ) async throws -> Lock {
@@ -231,31 +236,35 @@ public final class Redlock: Sendable {
         let start = ContinuousClock.now
         var attempt = 0
         while true {
-            try Task.checkCancellation()
             attempt += 1
             let result = await acquireOnce(keys, value: value, ttl: ttl, options: options, attempt: attempt)
+            // A key set in this attempt lives at most ttl from now.
+            let expiry = ContinuousClock.now + ttl
             switch result {
             case .success(let lock):
                 if Task.isCancelled {
-                    releaseEverywhere(keys, value: value, until: start + ttl, options: options)
+                    releaseEverywhere(keys, value: value, until: expiry, options: options)
                     throw CancellationError()
                 }
                 metrics.grants.increment()
                 metrics.acquireDuration.recordInterval(since: start)
                 return lock
             case .failure(let error):
-                try Task.checkCancellation()
                 let wait = Duration.random(upTo: options.retryWait)
                 let exhausted =
                     switch limit {
                     case .attempts(let count): attempt >= count
                     case .deadline(let deadline): ContinuousClock.now + wait >= deadline
                     }
-                if exhausted || error.kind == .closed {
+                if exhausted || error.kind == .closed || Task.isCancelled {
+                    releaseEverywhere(keys, value: value, until: expiry, options: options)
+                    try Task.checkCancellation()
                     metrics.failed(error.kind)
                     throw error
                 }
+                _ = await releaseOnce(keys, value: value, until: expiry, options: options)
                 if wait > .zero { try await Task.sleep(for: wait) }
+                try Task.checkCancellation()
             }
         }
     }
@@ -299,7 +308,8 @@ public final class Redlock: Sendable {
             if writeBack.decision != .succeeded { tally = writeBack }
         }
         let now = ContinuousClock.now
-        let validUntil = start + ttl - options.driftAllowance(for: ttl)
+        // The nodes keep the key for whole milliseconds (PX), so the validity is counted from those.
+        let validUntil = start + .milliseconds(ttl.wholeMilliseconds) - options.driftAllowance(for: ttl)
         if tally.decision == .succeeded && now < validUntil {
             return .success(
                 Lock(
@@ -308,8 +318,8 @@ public final class Redlock: Sendable {
                     attempts: attempt, nodes: tally.grantedIndices.map { names[$0] },
                     fencingToken: fencingToken))
         }
-        // Release on every node, not only those that said OK: a SET that timed out may have landed.
-        releaseEverywhere(keys, value: value, until: start + ttl, options: options)
+        // The caller releases on every node, not only those that said OK: a SET that timed out may
+        // have landed.
         if isClosed {
             return .failure(
                 RedlockError(.closed, resource: resource, attempts: attempt, message: "redlock was closed"))
@@ -370,7 +380,8 @@ public final class Redlock: Sendable {
             node.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: done)
         }
         let now = ContinuousClock.now
-        let validUntil = start + ttl - options.driftAllowance(for: ttl)
+        // The nodes keep the key for whole milliseconds (PX), so the validity is counted from those.
+        let validUntil = start + .milliseconds(ttl.wholeMilliseconds) - options.driftAllowance(for: ttl)
         log(options, "renew", resource, attempt: 1, tally: tally, elapsed: now - start)
         if tally.decision == .succeeded && now < validUntil {
             return Lock(
@@ -446,10 +457,16 @@ public final class Redlock: Sendable {
     }
 
     /// Fire-and-forget release on every node, with background retries for failed nodes.
+    /// ``close()`` waits for these first releases (not for later retries), so a client that fails to
+    /// lock and closes at once (a CLI, a short job) leaves nothing locked.
     func releaseEverywhere(
         _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions
     ) {
-        Task { _ = await self.releaseOnce(keys, value: value, until: expiry, options: options) }
+        releasesInFlight.add(1, ordering: .relaxed)
+        Task {
+            _ = await self.releaseOnce(keys, value: value, until: expiry, options: options)
+            self.releasesInFlight.subtract(1, ordering: .releasing)
+        }
     }
 
     /// Compare-and-delete on every node, waiting for all answers. Nodes that failed (timeout, no
@@ -494,14 +511,20 @@ public final class Redlock: Sendable {
 
     // MARK: Close
 
-    /// Closes every node's connection (seed: `close`). Later calls fail with
-    /// ``RedlockError/Kind/closed``.
+    /// Closes every node's connection (seed: `close`), after the releases already under way (of
+    /// failed attempts and of ``unlock(_:value:)``) have had up to one node timeout to finish. Later
+    /// calls fail with ``RedlockError/Kind/closed``.
     public func close() async {
         let alreadyClosed = state.withLock { state in
             defer { state.closed = true }
             return state.closed
         }
         guard !alreadyClosed else { return }
+        // Let the releases already under way reach the nodes; each is bounded by the node timeout.
+        let deadline = ContinuousClock.now + options.nodeTimeout + .milliseconds(50)
+        while releasesInFlight.load(ordering: .acquiring) > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(2))
+        }
         await withTaskGroup(of: Void.self) { group in
             for node in nodes { group.addTask { await node.close() } }
         }
@@ -533,14 +556,14 @@ public final class Redlock: Sendable {
             throw RedlockError(
                 .invalidArgument, resource: resource, message: "ttl must be positive (got \(ttl))")
         }
-        guard ttl.wholeMilliseconds >= 1 else {
-            throw RedlockError(
-                .invalidArgument, resource: resource, message: "ttl must be at least 1 ms (got \(ttl))")
-        }
         // Redis refuses PX values that overflow a 64-bit millisecond timestamp; stay far below.
         guard ttl <= .seconds(100 * 365 * 24 * 3600) else {
             throw RedlockError(
                 .invalidArgument, resource: resource, message: "ttl \(ttl) is longer than 100 years")
+        }
+        guard ttl.wholeMilliseconds >= 1 else {
+            throw RedlockError(
+                .invalidArgument, resource: resource, message: "ttl must be at least 1 ms (got \(ttl))")
         }
         let drift = options.driftAllowance(for: ttl)
         guard ttl > drift else {
@@ -650,7 +673,7 @@ private final class FanOutRound: Sendable {
             state.tally.record(result, at: index)
             guard !state.finished else { return nil }
             let done =
-                waitForAll ? state.tally.answered == state.tally.total : state.tally.decision != .undecided
+                waitForAll ? state.tally.answered == state.tally.total : state.tally.isSettled
             guard done else { return nil }
             return state.finish()
         }

@@ -6,11 +6,13 @@ import Synchronization
 ///
 /// It mirrors ``RedisNode``: `acquire` is `SET key value NX PX ttl` (set only while the key is absent
 /// or expired), `extend` is compare-and-pexpire (never creates a key) and `release` is
-/// compare-and-delete. Ttls are whole milliseconds, as sent to Redis, and a key expires when
-/// `clock.now >= setAt + ttl` on the node's ``MockClock``.
+/// compare-and-delete; the multi-resource and fencing operations follow the same Lua scripts. Ttls
+/// are whole milliseconds, as sent to Redis, and a key expires when `clock.now >= setAt + ttl` on
+/// the node's ``MockClock``.
 ///
 /// Faults can be switched on and off at any time, from any thread: ``isDown``, ``latency``,
-/// ``isHung`` (with ``hungWritesApply``) and ``errorReply``. Every call is logged in ``calls``.
+/// ``isHung`` (with ``hungWritesApply``), ``errorReply`` and ``restart(keepingData:)``. Every call
+/// is logged in ``calls``.
 ///
 /// ```swift
 /// let clock = MockClock()
@@ -22,48 +24,102 @@ import Synchronization
 public final class MockRedlockNode: RedlockNode {
     /// One call made to the node, as logged in ``MockRedlockNode/calls``.
     public enum Call: Sendable, Hashable, CustomStringConvertible {
-        /// `acquire(key:value:ttl:timeout:completion:)`: SET NX PX.
+        /// `acquire(key:value:ttl:timeout:completion:)` (or a one-key `acquire(keys:…)`): SET NX PX.
         case acquire(key: String, value: String, ttl: Duration)
-        /// `extend(key:value:ttl:timeout:completion:)`: compare-and-pexpire.
+        /// `extend(key:value:ttl:timeout:completion:)` (or a one-key `extend(keys:…)`):
+        /// compare-and-pexpire.
         case extend(key: String, value: String, ttl: Duration)
-        /// `release(key:value:timeout:completion:)`: compare-and-delete.
+        /// `release(key:value:timeout:completion:)` (or a one-key `release(keys:…)`):
+        /// compare-and-delete.
         case release(key: String, value: String)
+        /// `acquire(keys:value:ttl:timeout:completion:)` with several keys: all set, or none.
+        case acquireAll(keys: [String], value: String, ttl: Duration)
+        /// `extend(keys:value:ttl:timeout:completion:)` with several keys: all extended only when all
+        /// hold the value.
+        case extendAll(keys: [String], value: String, ttl: Duration)
+        /// `release(keys:value:timeout:completion:)` with several keys: each one holding the value is
+        /// deleted.
+        case releaseAll(keys: [String], value: String)
+        /// `acquireFenced(key:counterKey:value:ttl:timeout:completion:)`: SET NX PX, answering the
+        /// fencing counter.
+        case acquireFenced(key: String, counterKey: String, value: String, ttl: Duration)
+        /// `raiseFence(key:counterKey:value:token:timeout:completion:)`: raises the fencing counter.
+        case raiseFence(key: String, counterKey: String, value: String, token: Int64)
 
-        /// The key the call was about.
-        public var key: String {
+        /// The lock keys the call was about (the counter key of a fencing call is not one).
+        public var keys: [String] {
             switch self {
-            case .acquire(let key, _, _), .extend(let key, _, _), .release(let key, _): key
+            case .acquire(let key, _, _), .extend(let key, _, _), .release(let key, _),
+                .acquireFenced(let key, _, _, _), .raiseFence(let key, _, _, _):
+                [key]
+            case .acquireAll(let keys, _, _), .extendAll(let keys, _, _), .releaseAll(let keys, _):
+                keys
             }
         }
+
+        /// The key the call was about: the first of ``keys``.
+        public var key: String { keys.first ?? "" }
 
         /// The lock value the call carried.
         public var value: String {
             switch self {
-            case .acquire(_, let value, _), .extend(_, let value, _), .release(_, let value): value
+            case .acquire(_, let value, _), .extend(_, let value, _), .release(_, let value),
+                .acquireAll(_, let value, _), .extendAll(_, let value, _), .releaseAll(_, let value),
+                .acquireFenced(_, _, let value, _), .raiseFence(_, _, let value, _):
+                value
             }
         }
 
-        /// Whether this is an acquire call.
+        /// Whether this is an acquire call (``acquire(key:value:ttl:)``,
+        /// ``acquireAll(keys:value:ttl:)`` or ``acquireFenced(key:counterKey:value:ttl:)``).
         public var isAcquire: Bool {
-            if case .acquire = self { true } else { false }
+            switch self {
+            case .acquire, .acquireAll, .acquireFenced: true
+            default: false
+            }
         }
 
-        /// Whether this is an extend call.
+        /// Whether this is an extend call (``extend(key:value:ttl:)`` or
+        /// ``extendAll(keys:value:ttl:)``).
         public var isExtend: Bool {
-            if case .extend = self { true } else { false }
+            switch self {
+            case .extend, .extendAll: true
+            default: false
+            }
         }
 
-        /// Whether this is a release call.
+        /// Whether this is a release call (``release(key:value:)`` or ``releaseAll(keys:value:)``).
         public var isRelease: Bool {
-            if case .release = self { true } else { false }
+            switch self {
+            case .release, .releaseAll: true
+            default: false
+            }
         }
 
-        /// The call in words, e.g. `acquire(r, v, 10 seconds)`.
+        /// The ttl the call asked for, for acquire and extend calls.
+        var ttl: Duration? {
+            switch self {
+            case .acquire(_, _, let ttl), .extend(_, _, let ttl), .acquireAll(_, _, let ttl),
+                .extendAll(_, _, let ttl), .acquireFenced(_, _, _, let ttl):
+                ttl
+            case .release, .releaseAll, .raiseFence:
+                nil
+            }
+        }
+
+        /// The call in words, e.g. `acquire(r, v, 10.0 seconds)`.
         public var description: String {
             switch self {
             case .acquire(let key, let value, let ttl): "acquire(\(key), \(value), \(ttl))"
             case .extend(let key, let value, let ttl): "extend(\(key), \(value), \(ttl))"
             case .release(let key, let value): "release(\(key), \(value))"
+            case .acquireAll(let keys, let value, let ttl): "acquireAll(\(keys), \(value), \(ttl))"
+            case .extendAll(let keys, let value, let ttl): "extendAll(\(keys), \(value), \(ttl))"
+            case .releaseAll(let keys, let value): "releaseAll(\(keys), \(value))"
+            case .acquireFenced(let key, let counterKey, let value, let ttl):
+                "acquireFenced(\(key), \(counterKey), \(value), \(ttl))"
+            case .raiseFence(let key, let counterKey, let value, let token):
+                "raiseFence(\(key), \(counterKey), \(value), \(token))"
             }
         }
     }
@@ -78,6 +134,10 @@ public final class MockRedlockNode: RedlockNode {
     /// observer may read the node (it is called without `state` held) but must not change its
     /// connection from within the handler.
     private let reporting = Mutex<Void>(())
+
+    /// A command's answer: the result, and the fencing counter for `acquireFenced`.
+    private typealias Reply = (result: NodeResult, counter: Int64)
+    private typealias Answer = @Sendable (Reply) -> Void
 
     private struct Entry {
         var value: String
@@ -96,14 +156,20 @@ public final class MockRedlockNode: RedlockNode {
         var errorReply: String?
         var observer: (@Sendable (Bool) -> Void)?
         /// Calls not answered yet (delayed by latency, or held by a hung node), by id.
-        var pending: [Int: @Sendable (NodeResult) -> Void] = [:]
+        var pending: [Int: Answer] = [:]
         /// Commands a hung node received, in order; they run when it resumes.
         var suspended: [(id: Int, call: Call)] = []
         var nextID = 0
+        /// The server process: a restart starts a new one, and commands sent to the old one never run.
+        var generation = 0
+        /// The longest ttl this node was asked to set, in milliseconds.
+        var longestTTL: Int64 = 0
+        /// When the server last restarted, on the node's clock.
+        var restartedAt: Duration?
 
-        mutating func register(_ completion: @escaping @Sendable (NodeResult) -> Void) -> Int {
+        mutating func register(_ answer: @escaping Answer) -> Int {
             nextID += 1
-            pending[nextID] = completion
+            pending[nextID] = answer
             return nextID
         }
 
@@ -117,30 +183,89 @@ public final class MockRedlockNode: RedlockNode {
             return entry
         }
 
-        /// Runs one command on the store, as Redis would.
-        mutating func execute(_ call: Call, now: Duration) -> NodeResult {
-            if let errorReply { return .failed(NodeFailure(.errorReply, errorReply)) }
+        /// Runs one command on the store, as Redis (and its Lua scripts) would.
+        mutating func execute(_ call: Call, now: Duration) -> Reply {
+            if let errorReply { return (.failed(NodeFailure(.errorReply, errorReply)), 0) }
+            let invalidExpireTime: Reply = (
+                .failed(NodeFailure(.errorReply, "ERR invalid expire time in 'set' command")), 0
+            )
             switch call {
             case .acquire(let key, let value, let ttl):
                 let milliseconds = ttl.mockWholeMilliseconds
-                guard milliseconds > 0 else {
-                    return .failed(NodeFailure(.errorReply, "ERR invalid expire time in 'set' command"))
-                }
-                if entry(key, now: now) != nil { return .refused }
+                guard milliseconds > 0 else { return invalidExpireTime }
+                if entry(key, now: now) != nil { return (.refused, 0) }
                 store[key] = Entry(value: value, expiresAt: now + .milliseconds(milliseconds))
-                return .succeeded
+                return (grant(now: now), 0)
             case .extend(let key, let value, let ttl):
-                guard entry(key, now: now)?.value == value else { return .refused }
-                let milliseconds = ttl.mockWholeMilliseconds
-                // PEXPIRE with a ttl that is not positive deletes the key (and answers 1).
-                store[key]?.expiresAt = now + .milliseconds(milliseconds)
-                if milliseconds <= 0 { store[key] = nil }
-                return .succeeded
+                guard entry(key, now: now)?.value == value else { return (.refused, 0) }
+                pexpire(key, ttl.mockWholeMilliseconds, now: now)
+                return (.succeeded, 0)
             case .release(let key, let value):
-                guard entry(key, now: now)?.value == value else { return .refused }
+                guard entry(key, now: now)?.value == value else { return (.refused, 0) }
                 store[key] = nil
-                return .succeeded
+                return (.succeeded, 0)
+            case .acquireAll(let keys, let value, let ttl):
+                if keys.contains(where: { entry($0, now: now) != nil }) { return (.refused, 0) }
+                let milliseconds = ttl.mockWholeMilliseconds
+                guard milliseconds > 0 || keys.isEmpty else { return invalidExpireTime }
+                for key in keys {
+                    store[key] = Entry(value: value, expiresAt: now + .milliseconds(milliseconds))
+                }
+                return (grant(now: now), 0)
+            case .extendAll(let keys, let value, let ttl):
+                guard keys.allSatisfy({ entry($0, now: now)?.value == value }) else { return (.refused, 0) }
+                for key in keys { pexpire(key, ttl.mockWholeMilliseconds, now: now) }
+                return (.succeeded, 0)
+            case .releaseAll(let keys, let value):
+                var released = 0
+                for key in keys where entry(key, now: now)?.value == value {
+                    store[key] = nil
+                    released += 1
+                }
+                return (released > 0 ? .succeeded : .refused, 0)
+            case .acquireFenced(let key, let counterKey, let value, let ttl):
+                let milliseconds = ttl.mockWholeMilliseconds
+                guard milliseconds > 0 else { return invalidExpireTime }
+                if entry(key, now: now) != nil { return (.refused, 0) }
+                store[key] = Entry(value: value, expiresAt: now + .milliseconds(milliseconds))
+                guard let counter = self.counter(counterKey, now: now) else {
+                    return (
+                        .failed(NodeFailure(.errorReply, "unexpected reply: the counter is not a number")), 0
+                    )
+                }
+                return (grant(now: now), counter)
+            case .raiseFence(let key, let counterKey, let value, let token):
+                guard entry(key, now: now)?.value == value else { return (.refused, 0) }
+                guard let counter = self.counter(counterKey, now: now) else {
+                    return (.failed(NodeFailure(.errorReply, "ERR the counter is not a number")), 0)
+                }
+                if token > counter { store[counterKey] = Entry(value: String(token), expiresAt: nil) }
+                return (.succeeded, 0)
             }
+        }
+
+        /// A grant's answer: ``NodeResult/succeeded``, or, within the longest ttl after a restart,
+        /// ``NodeFailure/Kind/restarted`` as ``RedisNode`` answers (the key is set all the same).
+        func grant(now: Duration) -> NodeResult {
+            guard let restartedAt, now < restartedAt + .milliseconds(longestTTL) else { return .succeeded }
+            let left = restartedAt + .milliseconds(longestTTL) - now
+            return .failed(
+                NodeFailure(.restarted, "the server restarted; its grants count again in \(left)"))
+        }
+
+        /// PEXPIRE: a ttl that is not positive deletes the key.
+        mutating func pexpire(_ key: String, _ milliseconds: Int64, now: Duration) {
+            if milliseconds > 0 {
+                store[key]?.expiresAt = now + .milliseconds(milliseconds)
+            } else {
+                store[key] = nil
+            }
+        }
+
+        /// The fencing counter under `counterKey` (0 when absent); nil when it is not a number.
+        mutating func counter(_ counterKey: String, now: Duration) -> Int64? {
+            guard let entry = entry(counterKey, now: now) else { return 0 }
+            return Int64(entry.value)
         }
     }
 
@@ -184,24 +309,24 @@ public final class MockRedlockNode: RedlockNode {
     public var isHung: Bool {
         get { state.withLock { $0.isHung } }
         set {
-            let answers: [(@Sendable (NodeResult) -> Void, NodeResult)] = state.withLock { state in
+            let answers: [(Answer, Reply)] = state.withLock { state in
                 let resumed = state.isHung && !newValue
                 state.isHung = newValue
                 guard resumed else { return [] }
                 let now = clock.now
                 let suspended = state.suspended
                 state.suspended = []
-                var answers: [(@Sendable (NodeResult) -> Void, NodeResult)] = []
+                var answers: [(Answer, Reply)] = []
                 for (id, call) in suspended {
-                    if let completion = state.pending.removeValue(forKey: id) {
-                        answers.append((completion, state.execute(call, now: now)))
+                    if let answer = state.pending.removeValue(forKey: id) {
+                        answers.append((answer, state.execute(call, now: now)))
                     } else if state.hungWritesApply {
                         _ = state.execute(call, now: now)
                     }
                 }
                 return answers
             }
-            for (completion, result) in answers { completion(result) }
+            for (answer, reply) in answers { answer(reply) }
         }
     }
 
@@ -219,6 +344,36 @@ public final class MockRedlockNode: RedlockNode {
     public var errorReply: String? {
         get { state.withLock { $0.errorReply } }
         set { state.withLock { $0.errorReply = newValue } }
+    }
+
+    /// Restarts the server process, as a `redis-server` killed and started again.
+    ///
+    /// Without persistence (the default) every key is lost. Calls waiting for an answer (latency,
+    /// hung) answer ``NodeFailure/Kind/connectionLost`` and their commands never run, and a hang
+    /// ends. A connected node's observer is told the connection went down and came back. Then, as a
+    /// ``RedisNode`` that sees the server's new `run_id`, for the longest ttl this node was asked to
+    /// set (from now, on the node's clock) its grants answer ``NodeFailure/Kind/restarted``; the key
+    /// is set all the same.
+    /// - Parameter keepingData: true for a server that keeps its data across restarts
+    ///   (`appendfsync always`): the keys survive, with their expiry.
+    public func restart(keepingData: Bool = false) {
+        reporting.withLock { _ in
+            let now = clock.now
+            let (waiting, observer): ([Answer], (@Sendable (Bool) -> Void)?) = state.withLock { state in
+                if !keepingData { state.store = [:] }
+                let waiting = state.pending.sorted { $0.key < $1.key }.map(\.value)
+                state.pending = [:]
+                state.suspended = []
+                state.isHung = false
+                state.generation += 1
+                state.restartedAt = now
+                return (waiting, state.connected && !state.closed ? state.observer : nil)
+            }
+            let lost = NodeFailure(.connectionLost, "\(name) restarted")
+            for answer in waiting { answer((.failed(lost), 0)) }
+            observer?(false)
+            observer?(true)
+        }
     }
 
     // MARK: Connection
@@ -256,15 +411,15 @@ public final class MockRedlockNode: RedlockNode {
     /// an answer (latency, hung) answer it at once. The observer is told the connection went down.
     public func close() async {
         reporting.withLock { _ in
-            typealias Completion = @Sendable (NodeResult) -> Void
-            let (waiting, observer): ([Completion], (@Sendable (Bool) -> Void)?) = state.withLock { state in
+            let (waiting, observer): ([Answer], (@Sendable (Bool) -> Void)?) = state.withLock { state in
                 guard !state.closed else { return ([], nil) }
                 state.closed = true
                 let waiting = state.pending.sorted { $0.key < $1.key }.map(\.value)
                 state.pending = [:]
                 return (waiting, state.connected ? state.observer : nil)
             }
-            for completion in waiting { completion(.failed(NodeFailure(.closed, "\(name) was closed"))) }
+            let closed = NodeFailure(.closed, "\(name) was closed")
+            for answer in waiting { answer((.failed(closed), 0)) }
             observer?(false)
         }
     }
@@ -295,7 +450,7 @@ public final class MockRedlockNode: RedlockNode {
         state.withLock { $0.store[key] = Entry(value: value, expiresAt: ttl.map { now + $0 }) }
     }
 
-    /// The live keys, in no particular order.
+    /// The live keys (fencing counters included), in no particular order.
     public var keys: [String] {
         let now = clock.now
         return state.withLock { state in
@@ -325,7 +480,7 @@ public final class MockRedlockNode: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        perform(.acquire(key: key, value: value, ttl: ttl), timeout: timeout, completion)
+        perform(.acquire(key: key, value: value, ttl: ttl), timeout: timeout) { completion($0.result) }
     }
 
     /// Compare-and-pexpire: sets the key's ttl only while it holds `value`; ``NodeResult/refused``
@@ -334,7 +489,7 @@ public final class MockRedlockNode: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        perform(.extend(key: key, value: value, ttl: ttl), timeout: timeout, completion)
+        perform(.extend(key: key, value: value, ttl: ttl), timeout: timeout) { completion($0.result) }
     }
 
     /// Compare-and-delete: deletes the key only while it holds `value`; ``NodeResult/refused``
@@ -343,47 +498,107 @@ public final class MockRedlockNode: RedlockNode {
         key: String, value: String, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        perform(.release(key: key, value: value), timeout: timeout, completion)
+        perform(.release(key: key, value: value), timeout: timeout) { completion($0.result) }
+    }
+
+    /// Multi-resource acquire: sets every key, or none when any is held (``NodeResult/refused``).
+    /// One key is a plain ``acquire(key:value:ttl:timeout:completion:)``, as on a ``RedisNode``.
+    public func acquire(
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        if keys.count == 1 {
+            return acquire(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
+        }
+        perform(.acquireAll(keys: keys, value: value, ttl: ttl), timeout: timeout) { completion($0.result) }
+    }
+
+    /// Multi-resource extend: extends every key only when all of them hold `value`.
+    public func extend(
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        if keys.count == 1 {
+            return extend(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
+        }
+        perform(.extendAll(keys: keys, value: value, ttl: ttl), timeout: timeout) { completion($0.result) }
+    }
+
+    /// Multi-resource release: deletes each key that holds `value`; ``NodeResult/succeeded`` when any
+    /// did.
+    public func release(
+        keys: [String], value: String, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        if keys.count == 1 {
+            return release(key: keys[0], value: value, timeout: timeout, completion: completion)
+        }
+        perform(.releaseAll(keys: keys, value: value), timeout: timeout) { completion($0.result) }
+    }
+
+    /// Fenced acquire: `SET key value NX PX ttl` and, when set, the fencing counter under
+    /// `counterKey` (0 when there is none yet).
+    public func acquireFenced(
+        key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult, Int64) -> Void
+    ) {
+        perform(.acquireFenced(key: key, counterKey: counterKey, value: value, ttl: ttl), timeout: timeout) {
+            completion($0.result, $0.counter)
+        }
+    }
+
+    /// Fencing write-back: raises the counter under `counterKey` to `token` (never lowers it), only
+    /// while `key` holds `value`; ``NodeResult/refused`` otherwise.
+    public func raiseFence(
+        key: String, counterKey: String, value: String, token: Int64, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        perform(.raiseFence(key: key, counterKey: counterKey, value: value, token: token), timeout: timeout) {
+            completion($0.result)
+        }
     }
 
     private enum Plan {
-        case answer(NodeResult)
-        case delayed(id: Int, latency: Duration)
+        case answer(Reply)
+        case delayed(id: Int, latency: Duration, generation: Int)
         case suspended(id: Int)
     }
 
-    private func perform(
-        _ call: Call, timeout: Duration, _ completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
+    private func perform(_ call: Call, timeout: Duration, _ answer: @escaping Answer) {
         let now = clock.now
         let plan: Plan = state.withLock { state in
             state.calls.append(call)
-            if state.closed { return .answer(.failed(NodeFailure(.closed, "\(name) was closed"))) }
-            if !state.connected { return .answer(.failed(NodeFailure(.unreachable, "\(name) is down"))) }
+            // As a RedisNode, before sending: the longest ttl asked for bounds a restart's quarantine.
+            if let ttl = call.ttl { state.longestTTL = max(state.longestTTL, ttl.mockWholeMilliseconds) }
+            if state.closed { return .answer((.failed(NodeFailure(.closed, "\(name) was closed")), 0)) }
+            if !state.connected { return .answer((.failed(NodeFailure(.unreachable, "\(name) is down")), 0)) }
             if state.isHung {
-                let id = state.register(completion)
+                let id = state.register(answer)
                 state.suspended.append((id, call))
                 return .suspended(id: id)
             }
             if state.latency > .zero {
-                return .delayed(id: state.register(completion), latency: state.latency)
+                return .delayed(
+                    id: state.register(answer), latency: state.latency, generation: state.generation)
             }
             return .answer(state.execute(call, now: now))
         }
         switch plan {
-        case .answer(let result):
-            completion(result)
-        case .delayed(let id, let latency):
+        case .answer(let reply):
+            answer(reply)
+        case .delayed(let id, let latency, let generation):
             if latency >= timeout {
                 after(timeout) { self.timeOut(id) }
             }
             after(latency) {
                 let now = self.clock.now
-                let answer: (@Sendable (NodeResult) -> Void, NodeResult)? = self.state.withLock { state in
-                    let result = state.execute(call, now: now)
-                    return state.pending.removeValue(forKey: id).map { ($0, result) }
+                let due: (Answer, Reply)? = self.state.withLock { state in
+                    // A restart in between killed the server the command was sent to.
+                    guard state.generation == generation else { return nil }
+                    let reply = state.execute(call, now: now)
+                    return state.pending.removeValue(forKey: id).map { ($0, reply) }
                 }
-                if let (completion, result) = answer { completion(result) }
+                if let (answer, reply) = due { answer(reply) }
             }
         case .suspended(let id):
             after(timeout) { self.timeOut(id) }
@@ -392,8 +607,8 @@ public final class MockRedlockNode: RedlockNode {
 
     /// Answers call `id` with a timeout unless it was answered already.
     private func timeOut(_ id: Int) {
-        let completion = state.withLock { $0.pending.removeValue(forKey: id) }
-        completion?(.failed(NodeFailure(.timeout, "\(name) did not answer in time")))
+        let answer = state.withLock { $0.pending.removeValue(forKey: id) }
+        answer?((.failed(NodeFailure(.timeout, "\(name) did not answer in time")), 0))
     }
 
     private func after(_ delay: Duration, _ work: @escaping @Sendable () -> Void) {
@@ -403,10 +618,13 @@ public final class MockRedlockNode: RedlockNode {
 }
 
 extension Duration {
-    /// The duration in whole milliseconds, rounded toward zero, as sent to Redis.
+    /// The duration in whole milliseconds, rounded toward zero, as sent to Redis; saturating.
     fileprivate var mockWholeMilliseconds: Int64 {
         let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1000)
+        if overflow { return seconds < 0 ? .min : .max }
+        let (sum, sumOverflow) = product.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
+        return sumOverflow ? .max : sum
     }
 
     /// The duration in whole nanoseconds, saturating.

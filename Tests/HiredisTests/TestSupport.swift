@@ -16,14 +16,18 @@ import Testing
 
 // MARK: - Servers
 
-/// Runs blocking work (starting, pausing, killing a server, running redis-cli) on a Dispatch thread,
-/// so that the cooperative pool, which has only as many threads as cores, stays free.
+/// Runs blocking work (starting, pausing, killing a server, running redis-cli) on a thread of its
+/// own. Neither the cooperative pool nor Dispatch's worker threads (which the connections' queues run
+/// on) have more threads than cores, and blocking them would delay every connection in the process.
 func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async {
-            continuation.resume(with: Result { try body() })
-        }
+        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
+}
+
+/// Stops `server` on a thread of its own (for `defer`, which cannot await): see `offPool`.
+func stopInBackground(_ server: RedisServerProcess) {
+    Thread { server.stop() }.start()
 }
 
 /// Starts a local redis-server (see `RedisServerProcess.start`) off the cooperative pool.
@@ -35,6 +39,23 @@ extension RedisServerProcess {
     /// This server's TCP address, for a `RedisConnection`.
     func address(password: String? = nil, username: String? = nil, database: Int? = nil) -> RedisServer {
         RedisServer(host: "127.0.0.1", port: port, password: password, username: username, database: database)
+    }
+
+    /// This server's unix socket address; the server must have been started with `unixSocket: true`.
+    func unixAddress() throws -> RedisServer {
+        RedisServer(unixSocket: try #require(unixSocketPath, "the server has no unix socket"))
+    }
+
+    /// Runs redis-cli off the cooperative pool.
+    func cliOffPool(_ arguments: String...) async throws -> String {
+        try await offPool { [self] in try cli(arguments: arguments) }
+    }
+
+    /// `connected_clients` from INFO: how many connections the server has, redis-cli's included.
+    func connectedClients() async throws -> Int? {
+        let info = try await cliOffPool("INFO", "clients")
+        let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("connected_clients:") }
+        return line.flatMap { Int($0.dropFirst("connected_clients:".count)) }
     }
 }
 
@@ -92,7 +113,8 @@ func socketsConnected(toPort port: Int) -> Int {
                 getpeername(descriptor, $0, &length) == 0
             }
         }
-        if found, address.sin_family == sa_family_t(AF_INET), Int(UInt16(bigEndian: address.sin_port)) == port {
+        if found, address.sin_family == sa_family_t(AF_INET), Int(UInt16(bigEndian: address.sin_port)) == port
+        {
             count += 1
         }
     }
@@ -172,6 +194,12 @@ func measure<T>(_ body: () async throws -> T) async rethrows -> (T, Duration) {
 
 typealias CommandResult = Result<RedisReply, RedisConnectionError>
 
+extension RedisConnectionOptions {
+    /// Long timeouts for tests that are not about timeouts: a machine busy with other tests (two
+    /// cores, tests in parallel) must not turn a slow reply into a failure.
+    static let patient = RedisConnectionOptions(connectTimeout: .seconds(10), commandTimeout: .seconds(10))
+}
+
 extension RedisConnection {
     /// Sends `command` with the completion form and returns its result, or nil if none came within
     /// `limit` (the connection hung).
@@ -191,7 +219,8 @@ extension RedisConnection {
     }
 
     /// Sends PING every `interval` until one gets PONG, for up to `limit`; returns whether one did.
-    func becomesUsable(within limit: Duration = .seconds(5), every interval: Duration = .milliseconds(50)) async
+    func becomesUsable(within limit: Duration = .seconds(5), every interval: Duration = .milliseconds(50))
+        async
         -> Bool
     {
         await eventually(within: limit, every: interval) {
@@ -210,6 +239,15 @@ extension Result where Failure == RedisConnectionError {
     /// The error, nil on success.
     var failure: RedisConnectionError? {
         if case .failure(let error) = self { error } else { nil }
+    }
+}
+
+extension RedisConnectionError {
+    /// Whether this error is, or reports as its reason, a failure of `kind`. A command sent while the
+    /// connection waits to reconnect fails at once with `.notConnected`, and names the last failure in
+    /// its message; a command sent while it connects fails with that failure's own kind.
+    func failed(because kind: Kind) -> Bool {
+        self.kind == kind || (self.kind == .notConnected && message.contains("(\(kind.rawValue):"))
     }
 }
 

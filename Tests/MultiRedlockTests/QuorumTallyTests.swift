@@ -57,7 +57,9 @@ private struct SplitMix64: RandomNumberGenerator {
 
 @Suite("QuorumTally")
 struct QuorumTallyTests {
-    @Test("the quorum is N/2+1 of the configured N", arguments: [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4)])
+    @Test(
+        "the quorum is N/2+1 of the configured N",
+        arguments: [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4)])
     func quorum(nodeCount: Int, quorum: Int) {
         let tally = QuorumTally(nodeCount: nodeCount)
         #expect(tally.quorum == quorum)
@@ -68,11 +70,18 @@ struct QuorumTallyTests {
         #expect(tally.outcomes == Array(repeating: .pending, count: nodeCount))
     }
 
-    @Test("every assignment, in several orders: decided exactly when certain, and never changed", arguments: 1...5)
-    func everyAssignment(nodeCount: Int) {
+    @Test(
+        "every assignment, in several orders: decided exactly when certain, and never changed",
+        arguments: 1...5)
+    func everyAssignment(nodeCount: Int) async {
         let quorum = nodeCount / 2 + 1
         let allOrders = orders(nodeCount)
         var cases = 0
+        // Checked in plain code and reported once: an #expect per step would be slow.
+        var problems: [String] = []
+        func check(_ condition: Bool, _ problem: @autoclosure () -> String) {
+            if !condition && problems.count < 20 { problems.append(problem()) }
+        }
         for assignment in assignments(nodeCount) {
             let succeededTotal = assignment.count { $0 == .succeeded }
             let refusedTotal = assignment.count { $0 == .refused }
@@ -80,6 +89,7 @@ struct QuorumTallyTests {
             for order in allOrders {
                 cases += 1
                 var tally = QuorumTally(nodeCount: nodeCount)
+                check(tally.decision == .undecided, "decided before any answer")
                 var firstDecision: QuorumTally.Decision?
                 var succeeded = 0
                 var refused = 0
@@ -96,26 +106,36 @@ struct QuorumTallyTests {
                     // cannot reach it any more.
                     let certain: QuorumTally.Decision =
                         succeeded >= quorum ? .succeeded : succeeded + pending < quorum ? .failed : .undecided
-                    let context: Comment = "answers \(assignment) in order \(order), after \(step + 1) answers"
-                    #expect(tally.decision == certain, context)
+                    let decision = tally.decision
+                    let context = { "answers \(assignment) in order \(order), after \(step + 1) answers" }
+                    check(decision == certain, "decision \(decision), certain \(certain); \(context())")
                     if let firstDecision {
-                        #expect(tally.decision == firstDecision, "the decision changed; \(context)")
-                    } else if tally.decision != .undecided {
-                        firstDecision = tally.decision
-                        #expect(tally.decision == expectedFinal, "decided wrongly; \(context)")
+                        check(
+                            decision == firstDecision,
+                            "changed from \(firstDecision) to \(decision); \(context())")
+                    } else if decision != .undecided {
+                        firstDecision = decision
+                        check(
+                            decision == expectedFinal,
+                            "decided \(decision), not \(expectedFinal); \(context())")
                     }
-                    #expect(tally.refusedByQuorum == (refused > nodeCount - quorum), context)
-                    #expect(
+                    check(
+                        tally.refusedByQuorum == (refused > nodeCount - quorum),
+                        "refusedByQuorum \(tally.refusedByQuorum); \(context())")
+                    check(
                         (tally.succeeded, tally.refused, tally.failed, tally.answered)
-                            == (succeeded, refused, failed, step + 1), context)
+                            == (succeeded, refused, failed, step + 1), "counts; \(context())")
                 }
-                #expect(tally.decision == expectedFinal, "answers \(assignment) in order \(order)")
-                #expect(
+                check(tally.decision == expectedFinal, "final \(tally.decision); \(assignment) in \(order)")
+                check(
                     tally.refusedByQuorum == (refusedTotal > nodeCount - quorum),
-                    "answers \(assignment) in order \(order)")
+                    "final refusedByQuorum \(tally.refusedByQuorum); \(assignment) in \(order)")
             }
+            await Task.yield()
         }
+        #expect(problems.isEmpty, "\(problems.joined(separator: "\n"))")
         #expect(cases == allOrders.count * pow3(nodeCount))
+        #expect(allOrders.count >= min(nodeCount, 3))
     }
 
     @Test("a second answer from one node is ignored")

@@ -268,3 +268,31 @@ func eventually(
     }
     #expect(try condition(), "condition did not hold within \(timeout)", sourceLocation: sourceLocation)
 }
+
+/// A short-lived client (a CLI, a cron job) that fails to lock, or unlocks, and closes at once must
+/// leave nothing locked: `close()` lets the releases under way reach the nodes first.
+@Suite(.serialized)
+struct CloseReleasesFirstTests {
+    @Test(arguments: 1...3)
+    func aFailedAttemptIsReleasedEvenWhenTheClientClosesAtOnce(round: Int) async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        // Someone else holds "job" on nodes 1 and 2; node 3 is free, so the attempt sets it there.
+        for index in 0..<2 { try group[index].cli("SET", "job", "someone-else", "PX", "60000") }
+        let redlock = try RedlockIntegrationTests.redlock(group)
+        try await eventually { redlock.isConnected }
+        await #expect(throws: RedlockError.self) { try await redlock.lock("job", ttl: .seconds(60)) }
+        await redlock.close()
+        #expect(try group[2].cli("EXISTS", "job") == "0")
+    }
+
+    @Test func unlockThenCloseReleases() async throws {
+        let group = try RedisServerGroup.start(count: 3)
+        defer { group.stopAll() }
+        let redlock = try RedlockIntegrationTests.redlock(group)
+        let lock = try await redlock.lock("job", ttl: .seconds(60))
+        redlock.unlock(lock.resource, value: lock.value)
+        await redlock.close()
+        for server in group.servers { #expect(try server.cli("EXISTS", "job") == "0") }
+    }
+}

@@ -1,1 +1,0 @@
-print("redlock-bench: being written")

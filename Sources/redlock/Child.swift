@@ -1,0 +1,125 @@
+// COMMAND of `redlock run`: spawned with posix_spawnp, inheriting standard input, output and error.
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// posix_spawnp failed: COMMAND could not be started.
+struct SpawnFailure: Error {
+    var command: String
+    var code: Int32
+
+    /// 127 when COMMAND was not found, 126 when it was found but could not be run.
+    var status: Int32 {
+        code == ENOENT || code == ENOTDIR || code == ENAMETOOLONG || code == ELOOP
+            ? ExitStatus.notFound : ExitStatus.notExecutable
+    }
+
+    var message: String {
+        let reason = String(cString: strerror(code))
+        return status == ExitStatus.notFound
+            ? "\(command): command not found (\(reason))" : "\(command): cannot run (\(reason))"
+    }
+}
+
+/// A running COMMAND. Signals are sent only until the child has exited: it is not reaped before
+/// `exited` is set, so its pid cannot have been reused by another process.
+final class Child: Sendable {
+    let pid: pid_t
+    private let exited = Mutex(false)
+
+    private init(pid: pid_t) {
+        self.pid = pid
+    }
+
+    /// Starts `arguments` (looked up in PATH) with `environment`, the signal mask and the signal
+    /// actions the tool started with, and none of the tool's own descriptors (its connections).
+    /// `onExit` is called once, from another thread, with the wait status.
+    static func spawn(
+        _ arguments: [String], environment: [String: String], inheritedDescriptors: Set<Int32>,
+        onExit: @escaping @Sendable (Int32) -> Void
+    ) throws(SpawnFailure) -> Child {
+        closeOnExec(except: inheritedDescriptors)
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var mask = SignalCenter.shared.startupMask
+        posix_spawnattr_setsigmask(&attributes, &mask)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in SignalCenter.shared.startupDefaults { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for pointer in argv { free(pointer) }
+            for pointer in envp { free(pointer) }
+        }
+        var pid: pid_t = 0
+        let code = posix_spawnp(&pid, arguments[0], nil, &attributes, argv, envp)
+        guard code == 0 else { throw SpawnFailure(command: arguments[0], code: code) }
+        let child = Child(pid: pid)
+        Thread.detachNewThread { child.wait(then: onExit) }
+        return child
+    }
+
+    /// Sends `signal` unless the child has exited.
+    func send(_ signal: Int32) {
+        exited.withLock { exited in
+            if !exited { kill(pid, signal) }
+        }
+    }
+
+    private func wait(then onExit: @Sendable (Int32) -> Void) {
+        #if os(Linux)
+            // Wait without reaping, mark the child exited, and only then reap it.
+            var info = siginfo_t()
+            while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
+        #endif
+        exited.withLock { $0 = true }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        onExit(status)
+    }
+
+    /// The shell's convention for a wait status: the exit code, or 128 + the signal's number.
+    static func exitCode(ofWaitStatus status: Int32) -> Int32 {
+        let signal = status & 0x7f
+        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
+    }
+
+    /// How the child ended, in words.
+    static func describe(waitStatus status: Int32) -> String {
+        let signal = status & 0x7f
+        if signal == 0 { return "exited with status \((status >> 8) & 0xff)" }
+        let name = strsignal(signal).map { String(cString: $0) } ?? "signal \(signal)"
+        return "was killed by signal \(signal) (\(name))"
+    }
+
+    /// The descriptors open now: those the tool was started with, which COMMAND inherits.
+    static func openDescriptors() -> Set<Int32> {
+        #if os(Linux)
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+            // The listing's own descriptor is closed by now: keep only those still open.
+            return Set(names.compactMap { Int32($0) }.filter { fcntl($0, F_GETFD) >= 0 })
+        #else
+            return [0, 1, 2]
+        #endif
+    }
+
+    /// Marks every descriptor the tool opened (hiredis's sockets are not close-on-exec) so that
+    /// COMMAND does not inherit it.
+    private static func closeOnExec(except inherited: Set<Int32>) {
+        for descriptor in openDescriptors().subtracting(inherited) where descriptor > 2 {
+            let flags = fcntl(descriptor, F_GETFD)
+            if flags >= 0 { _ = fcntl(descriptor, F_SETFD, flags | FD_CLOEXEC) }
+        }
+    }
+}

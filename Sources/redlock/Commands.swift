@@ -1,0 +1,206 @@
+import ArgumentParser
+import MultiRedlock
+
+struct RedlockCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "redlock",
+        abstract: "A Redlock distributed lock over N independent Redis masters, for scripts and cron jobs.",
+        usage: """
+            redlock [options] acquire RESOURCE
+              redlock [options] renew RESOURCE VALUE
+              redlock [options] release RESOURCE VALUE
+              redlock [options] run RESOURCE -- COMMAND [ARG...]
+            """,
+        discussion: """
+            A lock is held when a majority (N/2+1) of the servers agreed. It is valid for the ttl minus \
+            the time the servers took minus the drift allowance (--drift + 1% of the ttl). Standard \
+            output carries JSON lines only, such as
+              {"resource": "nightly", "value": "web1_1732…_9f2c…", "validity_ms": 9797, …}
+            and everything else goes to standard error.
+
+            A password comes from the address (redis://:PASSWORD@host) or from $REDLOCK_PASSWORD, \
+            which applies to every server without one. Prefer the variable: command lines are visible \
+            to other users. A password is never printed. Write a comma in a password as %2C.
+
+            EXIT STATUS
+              0      success; run: COMMAND's own status
+              1      renew, release: the lock is not held (expired, released, another's)
+              64     usage error: bad option, malformed address, ttl not above the drift
+              69     not enough servers answered (down, hung, wrong password)
+              75     the resource is held by someone else (after the retries or --wait)
+              124    run: the lock was lost while COMMAND ran; COMMAND was terminated
+              126    run: COMMAND cannot be run (not executable)
+              127    run: COMMAND was not found
+              128+N  run: COMMAND was killed by signal N, or redlock got signal N first
+            """,
+        subcommands: [Acquire.self, Renew.self, Release.self, Run.self]
+    )
+
+    /// The options, given before or after the subcommand (but before `--` with `run`).
+    @OptionGroup(title: "Options (every subcommand)") var options: CommonOptions
+
+    func run() async throws {
+        throw ValidationError("missing subcommand: acquire, renew, release or run")
+    }
+}
+
+struct Acquire: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Acquire the lock and print it as one JSON line.",
+        usage: "redlock [options] acquire RESOURCE",
+        discussion: """
+            The lock stays held until its ttl runs out, or until `redlock release RESOURCE VALUE` \
+            (or `renew`) with the printed value. Exits 75 when someone else holds it after the retries \
+            (or --wait), 69 when not enough servers answered.
+
+            \(optionsNote)
+            """)
+
+    @ParentCommand var root: RedlockCommand
+    var options: CommonOptions { root.options }
+
+    @Argument(help: "The resource to lock; also the Redis key on every server.")
+    var resource: String
+
+    func run() async throws {
+        let settings = try options.resolve(environment: Environment.current)
+        try await Session.with(settings) { session in
+            let lock = try await session.acquire(resource)
+            Output.stdout(JSON.lock(lock).text)
+        }
+    }
+}
+
+struct Renew: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Extend a lock to a new --ttl and print the renewed lock as one JSON line.",
+        usage: "redlock [options] renew RESOURCE VALUE",
+        discussion: """
+            Exits 1 when the lock is no longer held (expired, released, or another owner's), 69 when not \
+            enough servers answered.
+
+            \(optionsNote)
+            """)
+
+    @ParentCommand var root: RedlockCommand
+    var options: CommonOptions { root.options }
+
+    @Argument(help: "The locked resource.")
+    var resource: String
+
+    @Argument(help: "The lock's value, as `acquire` printed it.")
+    var value: String
+
+    func run() async throws {
+        let settings = try options.resolve(environment: Environment.current)
+        try await Session.with(settings) { session in
+            try session.checkSignal()
+            do throws(RedlockError) {
+                let lock = try await session.redlock.renew(resource, value: value, ttl: settings.ttl)
+                session.note("renew \(JSON.quoted(resource)): validity \(lock.validity.millisecondsText)")
+                Output.stdout(JSON.lock(lock).text)
+            } catch {
+                throw ToolExit(error)
+            }
+        }
+    }
+}
+
+struct Release: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Release a lock: compare-and-delete on every server.",
+        usage: "redlock [options] release RESOURCE VALUE",
+        discussion: """
+            Prints {"resource": ..., "value": ..., "released": N}, N being how many servers held the lock \
+            and deleted it. Exits 1 when no server held it, 69 when none released it and some did not answer.
+
+            \(optionsNote)
+            """)
+
+    @ParentCommand var root: RedlockCommand
+    var options: CommonOptions { root.options }
+
+    @Argument(help: "The locked resource.")
+    var resource: String
+
+    @Argument(help: "The lock's value, as `acquire` printed it.")
+    var value: String
+
+    func run() async throws {
+        let settings = try options.resolve(environment: Environment.current)
+        guard !resource.isEmpty, !value.isEmpty else {
+            throw ToolExit(ExitStatus.usage, "the resource and the value must not be empty")
+        }
+        try await Session.with(settings) { session in
+            try session.checkSignal()
+            let lock = Lock(
+                resource: resource, value: value, validity: .zero, ttl: settings.ttl, validUntil: .now,
+                attempts: 0, nodes: [])
+            switch await session.release(lock) {
+            case .success(let released):
+                Output.stdout(
+                    JSON.object([
+                        ("resource", .string(resource)), ("value", .string(value)),
+                        ("released", .int(Int64(released))),
+                    ]).text)
+            case .failure(let error):
+                throw ToolExit(error)
+            }
+        }
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run COMMAND while holding the lock.",
+        usage: "redlock [options] run RESOURCE -- COMMAND [ARG...]",
+        discussion: """
+            Acquires the lock, starts COMMAND with REDLOCK_RESOURCE and REDLOCK_VALUE in its environment, \
+            renews the lock every third of the ttl while COMMAND runs, releases it when COMMAND exits and \
+            exits with COMMAND's status (128+N when a signal N killed it). If renewing fails until the \
+            validity runs out, or the servers say the lock is no longer held, COMMAND gets SIGTERM (SIGKILL \
+            2 s later) and redlock exits 124. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND, and the \
+            lock is released once it exits. Nothing is printed on standard output but COMMAND's own.
+
+            \(optionsNote)
+            """)
+
+    @ParentCommand var root: RedlockCommand
+    var options: CommonOptions { root.options }
+
+    @Argument(help: "The resource to lock.")
+    var resource: String
+
+    @Argument(parsing: .postTerminator, help: "The command to run, after --, and its arguments.")
+    var command: [String] = []
+
+    func validate() throws {
+        guard !command.isEmpty else {
+            throw ValidationError(
+                "missing COMMAND: write it after --, as in `redlock run \(resource) -- make`")
+        }
+    }
+
+    func run() async throws {
+        let settings = try options.resolve(environment: Environment.current)
+        let inherited = Child.openDescriptors()
+        let status = try await Session.with(settings) { session in
+            try await Supervisor(
+                session: session, resource: resource, command: command, inheritedDescriptors: inherited
+            ).run()
+        }
+        throw ToolExit(status)
+    }
+}
+
+private let optionsNote = """
+    The options (--servers, --ttl, --retries, --retry-wait, --drift, --node-timeout, --id, --wait, \
+    --verbose) go before or after the subcommand; `redlock --help` describes them and the exit statuses.
+    """
+
+extension Session {
+    /// Exits with 128 + the signal's number when a signal arrived before the operation was sent.
+    func checkSignal() throws {
+        if let signal = SignalCenter.shared.received { throw ToolExit(128 + signal) }
+    }
+}

@@ -1,0 +1,181 @@
+import ArgumentParser
+import Foundation
+import MultiRedlock
+
+/// The options every subcommand takes.
+struct CommonOptions: ParsableArguments {
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Comma-separated Redis masters: host, host:port, [::1]:port, redis://[user:password@]host[:port][/db],"
+                + " unix:/path/to.sock. (default: $REDLOCK_SERVERS, else 127.0.0.1:6379)",
+            valueName: "list"))
+    var servers: String?
+
+    @Option(help: ArgumentHelp("How long the servers keep the lock, in milliseconds.", valueName: "ms"))
+    var ttl: Int = 10_000
+
+    @Option(help: ArgumentHelp("Retries after a failed attempt (0: one attempt only). (default: 3)"))
+    var retries: Int?
+
+    @Option(
+        name: .customLong("retry-wait"),
+        help: ArgumentHelp(
+            "Longest wait between attempts, in milliseconds; each wait is random in 0...ms. (default: 100)",
+            valueName: "ms"))
+    var retryWait: Int?
+
+    @Option(
+        help: ArgumentHelp(
+            "Clock-drift allowance subtracted from the validity, in milliseconds (plus 1% of the ttl)."
+                + " (default: 100)",
+            valueName: "ms"))
+    var drift: Int?
+
+    @Option(
+        name: .customLong("node-timeout"),
+        help: ArgumentHelp(
+            "How long one server may take to answer, in milliseconds. (default: 100)", valueName: "ms"))
+    var nodeTimeout: Int?
+
+    @Option(
+        help: ArgumentHelp(
+            "Identifies this client in lock values (<id>_<ms since epoch>_<32 hex>). (default: the host name)"
+        ))
+    var id: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Keep retrying until this many milliseconds have passed, instead of --retries.", valueName: "ms"))
+    var wait: Int?
+
+    @Flag(help: "Report each attempt (and each renewal) on standard error.")
+    var verbose = false
+
+    func validate() throws {
+        _ = try resolve(environment: Environment.current)
+    }
+
+    /// The options checked and turned into what the tool works with.
+    /// - Throws: `ValidationError` naming the problem.
+    func resolve(environment: [String: String]) throws -> Settings {
+        func positive(_ value: Int?, _ name: String, allowZero: Bool) throws {
+            guard let value else { return }
+            if value < 0 || (!allowZero && value == 0) {
+                throw ValidationError(
+                    "\(name) must be \(allowZero ? "zero or more" : "positive") (got \(value))")
+            }
+        }
+        try positive(ttl, "--ttl", allowZero: false)
+        try positive(retries, "--retries", allowZero: true)
+        try positive(retryWait, "--retry-wait", allowZero: true)
+        try positive(drift, "--drift", allowZero: true)
+        try positive(nodeTimeout, "--node-timeout", allowZero: false)
+        try positive(wait, "--wait", allowZero: true)
+        if retries != nil && wait != nil {
+            throw ValidationError("--retries and --wait exclude each other: give one of them")
+        }
+        if let id, id.isEmpty || id.contains(where: { $0.isWhitespace }) {
+            throw ValidationError("--id must be non-empty, without whitespace (got \(JSON.quoted(id)))")
+        }
+        // Every value is at most ten years, so that no duration arithmetic can overflow.
+        let limit = 315_360_000_000
+        for (name, value) in [
+            ("--ttl", ttl), ("--retry-wait", retryWait), ("--drift", drift), ("--node-timeout", nodeTimeout),
+            ("--wait", wait),
+        ] {
+            if let value, value > limit {
+                throw ValidationError("\(name) \(value) is too large (at most \(limit) ms)")
+            }
+        }
+
+        var options = RedlockOptions(id: id)
+        options.retries = 0  // The tool makes its attempts one by one (see Session.acquire).
+        if let retryWait { options.retryWait = .milliseconds(retryWait) }
+        if let drift { options.drift = .milliseconds(drift) }
+        if let nodeTimeout { options.nodeTimeout = .milliseconds(nodeTimeout) }
+        let ttl = Duration.milliseconds(ttl)
+        let allowance = options.driftAllowance(for: ttl)
+        guard ttl > allowance else {
+            throw ValidationError(
+                "--ttl \(self.ttl) ms must be greater than the drift allowance \(allowance.millisecondsText)"
+                    + " (--drift \(options.drift.millisecondsText) + 1% of the ttl): no validity would be left"
+            )
+        }
+        let servers = try ServerList.parse(
+            option: self.servers, environment: environment)
+        return Settings(
+            servers: servers, options: options, ttl: ttl, retries: retries ?? 3,
+            wait: wait.map { .milliseconds($0) }, verbose: verbose)
+    }
+}
+
+/// The checked options.
+struct Settings: Sendable {
+    var servers: [RedisServer]
+    /// Options for `Redlock`, with `retries` 0: the tool loops over one-attempt calls itself.
+    var options: RedlockOptions
+    var ttl: Duration
+    /// How many retries after the first attempt (ignored with `wait`).
+    var retries: Int
+    /// Keep trying until this much time has passed, instead of `retries`.
+    var wait: Duration?
+    var verbose: Bool
+}
+
+enum ServerList {
+    static let defaultList = "127.0.0.1:6379"
+
+    /// The servers from `--servers`, else `$REDLOCK_SERVERS`, else 127.0.0.1:6379, with
+    /// `$REDLOCK_PASSWORD` given to each that has no password of its own.
+    static func parse(option: String?, environment: [String: String]) throws -> [RedisServer] {
+        let source: String
+        let list: String
+        if let option {
+            (source, list) = ("--servers", option)
+        } else if let variable = environment["REDLOCK_SERVERS"],
+            !variable.allSatisfy({ $0.isWhitespace })
+        {
+            (source, list) = ("$REDLOCK_SERVERS", variable)
+        } else {
+            (source, list) = ("the default server list", defaultList)
+        }
+        let password = environment["REDLOCK_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
+        Redactor.shared.add(password)
+        var servers: [RedisServer] = []
+        let entries = list.split(separator: ",", omittingEmptySubsequences: false)
+        for (index, entry) in entries.enumerated() {
+            guard !entry.allSatisfy({ $0.isWhitespace }) else {
+                throw ValidationError(
+                    "\(source): address \(index + 1) of \(entries.count) is empty"
+                        + " (a password with a comma must write it as %2C)")
+            }
+            do {
+                var server = try RedisServer(parsing: String(entry))
+                Redactor.shared.add(server.password)
+                if server.password == nil, let password {
+                    server.password = password
+                }
+                servers.append(server)
+            } catch {
+                throw ValidationError("\(source): \(error.description)")
+            }
+        }
+        var seen: [String: Int] = [:]
+        for (index, server) in servers.enumerated() {
+            let key =
+                server.unixSocketPath.map { "unix:" + $0 } ?? "\(server.host.lowercased()):\(server.port)"
+            if let first = seen[key] {
+                throw ValidationError(
+                    "\(source): addresses \(first + 1) and \(index + 1) name the same server"
+                        + " \(server.description); each must be a distinct master")
+            }
+            seen[key] = index
+        }
+        return servers
+    }
+}
+
+enum Environment {
+    static var current: [String: String] { ProcessInfo.processInfo.environment }
+}

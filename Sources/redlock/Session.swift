@@ -1,0 +1,276 @@
+import Dispatch
+import MultiRedlock
+import Synchronization
+
+/// The exit statuses, as sysexits(3) and timeout(1) use them.
+enum ExitStatus {
+    static let success: Int32 = 0
+    /// `release` or `renew` of a lock that is not held.
+    static let notHeld: Int32 = 1
+    /// EX_USAGE: bad option or argument, malformed address, ttl not above the drift allowance.
+    static let usage: Int32 = 64
+    /// EX_UNAVAILABLE: not enough servers answered.
+    static let unavailable: Int32 = 69
+    /// EX_SOFTWARE: an error the tool did not expect.
+    static let software: Int32 = 70
+    /// EX_TEMPFAIL: the resource is held by someone else.
+    static let taken: Int32 = 75
+    /// As timeout(1): the lock was lost while COMMAND ran.
+    static let lockLost: Int32 = 124
+    /// COMMAND was found but could not be run.
+    static let notExecutable: Int32 = 126
+    /// COMMAND was not found.
+    static let notFound: Int32 = 127
+
+    /// The status for a failed lock, renew or release.
+    static func of(_ error: RedlockError) -> Int32 {
+        switch error.kind {
+        case .taken: taken
+        case .quorumUnavailable, .validityExpired: unavailable
+        case .notHeld: notHeld
+        case .invalidArgument: usage
+        default: software
+        }
+    }
+}
+
+/// Ends a subcommand with an exit status, after printing `message` (if any) on standard error.
+struct ToolExit: Error {
+    var status: Int32
+    var message: String?
+
+    init(_ status: Int32, _ message: String? = nil) {
+        self.status = status
+        self.message = message
+    }
+
+    init(_ error: RedlockError) {
+        self.init(ExitStatus.of(error), error.description)
+    }
+}
+
+/// One `Redlock` over the configured servers, for the length of one subcommand.
+struct Session: Sendable {
+    let settings: Settings
+    let redlock: Redlock
+
+    /// Runs `body` with a connected session and closes the `Redlock` afterwards, whatever happens.
+    static func with<T: Sendable>(
+        _ settings: Settings, _ body: (Session) async throws -> T
+    ) async throws -> T {
+        let redlock: Redlock
+        do {
+            redlock = try Redlock(servers: settings.servers, options: settings.options)
+        } catch {
+            throw ToolExit(error)
+        }
+        let session = Session(settings: settings, redlock: redlock)
+        if settings.verbose {
+            let names = settings.servers.map(\.description).joined(separator: ", ")
+            session.note("servers: \(names) (quorum \(redlock.quorum) of \(redlock.nodes.count))")
+        }
+        do {
+            await session.connect()
+            let result = try await body(session)
+            await redlock.close()
+            return result
+        } catch {
+            await redlock.close()
+            throw error
+        }
+    }
+
+    /// Prints `message` on standard error when --verbose.
+    func note(_ message: @autoclosure () -> String) {
+        if settings.verbose { Output.stderr(message()) }
+    }
+
+    // MARK: Connecting
+
+    /// Waits until the connections are up, so that the first attempt does not spend its node
+    /// timeout on a handshake: until every server has answered a PING (or failed to), or a quorum
+    /// has and the others had one more node timeout, or the connect timeout has passed.
+    func connect() async {
+        let connections = redlock.nodes.compactMap { ($0 as? RedisNode)?.connection }
+        guard !connections.isEmpty else { return }
+        let start = ContinuousClock.now
+        let timeout = settings.options.connection.connectTimeout
+        let quorum = redlock.quorum
+        let grace = settings.options.nodeTimeout
+        let answers = ConnectGate(count: connections.count)
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                answers.onDone { continuation.resume() }
+                for (index, connection) in connections.enumerated() {
+                    connection.send(["PING"], timeout: timeout) { result in
+                        let failure: String? =
+                            switch result {
+                            case .success(.error(let message)): message
+                            case .success: nil
+                            case .failure(let error): "\(error.kind.rawValue): \(error.message)"
+                            }
+                        let answered = answers.record(index, failure: failure)
+                        if answered == quorum {
+                            DispatchQueue.global().asyncAfter(deadline: .now() + grace.dispatchInterval) {
+                                answers.finish()
+                            }
+                        }
+                    }
+                }
+                DispatchQueue.global().asyncAfter(deadline: .now() + timeout.dispatchInterval) {
+                    answers.finish()
+                }
+            }
+        } onCancel: {
+            answers.finish()
+        }
+        guard settings.verbose else { return }
+        let (ok, failures) = answers.results
+        var message =
+            "\(ok) of \(connections.count) servers answered PING in \(start.duration(to: .now).millisecondsText)"
+        for (index, failure) in failures.sorted(by: { $0.key < $1.key }) {
+            message += "; \(redlock.nodes[index].name): \(failure)"
+        }
+        let silent = connections.count - ok - failures.count
+        if silent > 0 { message += "; \(silent) did not answer yet" }
+        note(message)
+    }
+
+    // MARK: Acquiring
+
+    /// Acquires the lock, attempt by attempt: up to 1 + retries attempts, or with `wait` until that
+    /// much time has passed, with a random wait in 0...retryWait between attempts. Stops early when
+    /// the task is cancelled (a signal) and releases whatever it acquired then.
+    /// - Throws: `ToolExit` with the status of the last failure, or `CancellationError`.
+    func acquire(_ resource: String) async throws -> Lock {
+        let start = ContinuousClock.now
+        let deadline = settings.wait.map { start + $0 }
+        var attempt = 0
+        while true {
+            attempt += 1
+            let attemptStart = ContinuousClock.now
+            do {
+                let lock = try await redlock.lock(resource, ttl: settings.ttl)
+                let result = Lock(
+                    resource: lock.resource, value: lock.value, validity: lock.validity, ttl: lock.ttl,
+                    validUntil: lock.validUntil, attempts: attempt, nodes: lock.nodes)
+                note(
+                    "acquire \(JSON.quoted(resource)) attempt \(attempt): granted by \(lock.nodes.count)"
+                        + " of \(redlock.nodes.count) in \(attemptStart.duration(to: .now).millisecondsText),"
+                        + " validity \(lock.validity.millisecondsText)")
+                if Task.isCancelled {
+                    await release(result)
+                    throw CancellationError()
+                }
+                return result
+            } catch var error as RedlockError {
+                note("acquire \(JSON.quoted(resource)) attempt \(attempt): \(error.kind.rawValue): \(error)")
+                error.attempts = attempt
+                let retryable = [.taken, .quorumUnavailable, .validityExpired].contains(error.kind)
+                let now = ContinuousClock.now
+                let exhausted = deadline.map { now >= $0 } ?? (attempt > settings.retries)
+                if !retryable || exhausted {
+                    await settle(after: error)
+                    if error.kind == .taken, let wait = settings.wait {
+                        error.message += "; still held after --wait \(wait.millisecondsText)"
+                    }
+                    throw ToolExit(error)
+                }
+                var pause = Duration.randomMilliseconds(upTo: settings.options.retryWait)
+                if let deadline { pause = min(pause, now.duration(to: deadline)) }
+                if pause > .zero { try await Task.sleep(for: pause) }
+                try Task.checkCancellation()
+            }
+        }
+    }
+
+    /// A failed attempt releases what it may have set, in the background (`Redlock` does that).
+    /// A process about to exit closes its connections and would cut that release short, leaving
+    /// the key on a minority of servers until its ttl: give it one node timeout when some server
+    /// granted the attempt or may have.
+    private func settle(after error: RedlockError) async {
+        let mayHaveSet = error.nodes.contains { evidence in
+            switch evidence.outcome {
+            case .granted, .pending: true
+            case .failed(let failure): failure.outcomeUnknown
+            case .refused: false
+            }
+        }
+        if mayHaveSet { try? await Task.sleep(for: settings.options.nodeTimeout) }
+    }
+
+    // MARK: Releasing
+
+    /// Compare-and-delete on every server; returns how many released it.
+    @discardableResult
+    func release(_ lock: Lock) async -> Result<Int, RedlockError> {
+        do {
+            let released = try await redlock.release(lock)
+            note("release \(JSON.quoted(lock.resource)): released on \(released) of \(redlock.nodes.count)")
+            return .success(released)
+        } catch {
+            note("release \(JSON.quoted(lock.resource)): \(error.kind.rawValue): \(error)")
+            return .failure(error)
+        }
+    }
+}
+
+/// Collects the answers to the connection PINGs and resumes the waiter once.
+private final class ConnectGate: Sendable {
+    private struct State {
+        var ok = 0
+        var failures: [Int: String] = [:]
+        var done: (@Sendable () -> Void)?
+        var finished = false
+    }
+    private let state = Mutex(State())
+    private let count: Int
+
+    init(count: Int) {
+        self.count = count
+    }
+
+    func onDone(_ done: @escaping @Sendable () -> Void) {
+        let finished = state.withLock { state in
+            state.done = done
+            return state.finished
+        }
+        if finished { finish() }
+    }
+
+    /// Records one answer; returns how many succeeded so far.
+    func record(_ index: Int, failure: String?) -> Int {
+        let (ok, all) = state.withLock { state in
+            if let failure { state.failures[index] = failure } else { state.ok += 1 }
+            return (state.ok, state.ok + state.failures.count == count)
+        }
+        if all { finish() }
+        return ok
+    }
+
+    func finish() {
+        let done: (@Sendable () -> Void)? = state.withLock { state in
+            state.finished = true
+            defer { state.done = nil }
+            return state.done
+        }
+        done?()
+    }
+
+    var results: (ok: Int, failures: [Int: String]) {
+        state.withLock { ($0.ok, $0.failures) }
+    }
+}
+
+extension Duration {
+    /// A uniformly random duration in 0...limit, to the millisecond.
+    static func randomMilliseconds(upTo limit: Duration) -> Duration {
+        let milliseconds = limit.wholeMillisecondsValue
+        guard milliseconds > 0 else { return .zero }
+        return .milliseconds(Int64.random(in: 0...milliseconds))
+    }
+
+    var dispatchInterval: DispatchTimeInterval {
+        .milliseconds(Int(clamping: wholeMillisecondsValue))
+    }
+}

@@ -1,0 +1,195 @@
+import Foundation
+import MultiRedlock
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// `redlock run`: acquires the lock, runs COMMAND, renews the lock while COMMAND runs, releases it
+/// when COMMAND exits and returns COMMAND's status. When the lock is lost (a renewal fails and the
+/// validity runs out, or the servers say it is no longer held) COMMAND gets SIGTERM, then SIGKILL
+/// after `killGrace`, and the status is 124. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND.
+struct Supervisor {
+    /// How long COMMAND has to exit after SIGTERM before it gets SIGKILL.
+    static let killGrace: Duration = .seconds(2)
+
+    let session: Session
+    let resource: String
+    let command: [String]
+    /// The descriptors the tool was started with: COMMAND inherits those and no others.
+    let inheritedDescriptors: Set<Int32>
+
+    private enum Event: Sendable {
+        case exited(Int32)
+        case signal(SignalCenter.Received)
+        case timer(Int)
+        case renewed(Result<Lock, RedlockError>)
+    }
+
+    func run() async throws -> Int32 {
+        let (events, sink) = AsyncStream.makeStream(of: Event.self)
+
+        // Acquire; a signal meanwhile cancels the attempts (and releases what they got).
+        let acquiring = Task { try await session.acquire(resource) }
+        SignalCenter.shared.onSignal { signal in
+            sink.yield(.signal(signal))
+            acquiring.cancel()
+        }
+        let acquired: Lock
+        do {
+            acquired = try await acquiring.value
+        } catch is CancellationError {
+            return interrupted()
+        }
+        if SignalCenter.shared.received != nil {
+            await session.release(acquired)
+            return interrupted()
+        }
+
+        var environment = Environment.current
+        environment["REDLOCK_RESOURCE"] = resource
+        environment["REDLOCK_VALUE"] = acquired.value
+        let child: Child
+        do {
+            child = try Child.spawn(
+                command, environment: environment, inheritedDescriptors: inheritedDescriptors
+            ) { status in
+                sink.yield(.exited(status))
+            }
+        } catch {
+            await session.release(acquired)
+            throw ToolExit(error.status, error.message)
+        }
+        session.note(
+            "started \(JSON.quoted(command[0])) (pid \(child.pid)) holding \(JSON.quoted(resource)),"
+                + " validity \(acquired.remainingValidity.millisecondsText)")
+
+        var state = LoopState(lock: acquired, ttl: session.settings.ttl)
+        var timer: Task<Void, Never>?
+        var generation = 0
+        func schedule() {
+            timer?.cancel()
+            generation += 1
+            guard let next = state.nextDeadline else { return }
+            let current = generation
+            timer = Task {
+                try? await Task.sleep(until: next, clock: .continuous)
+                if !Task.isCancelled { sink.yield(.timer(current)) }
+            }
+        }
+        func lose(_ reason: String) {
+            state.lost = true
+            state.killAt = .now + Self.killGrace
+            Output.stderr(
+                "lost the lock on \(JSON.quoted(resource)): \(reason); sending SIGTERM to"
+                    + " \(JSON.quoted(command[0])) (pid \(child.pid))")
+            child.send(SIGTERM)
+        }
+
+        schedule()
+        var waitStatus: Int32 = 0
+        loop: for await event in events {
+            let now = ContinuousClock.now
+            switch event {
+            case .exited(let status):
+                waitStatus = status
+                break loop
+            case .signal(let signal):
+                // Ctrl-C reaches COMMAND from the terminal already, unless it left the process group.
+                if signal.fromTerminal && getpgid(child.pid) == getpgrp() {
+                    session.note("signal \(signal.number) from the terminal reached pid \(child.pid) too")
+                } else {
+                    session.note("forwarding signal \(signal.number) to pid \(child.pid)")
+                    child.send(signal.number)
+                }
+            case .timer(let tick):
+                guard tick == generation else { continue }
+                if !state.lost && now >= state.lock.validUntil {
+                    lose("its validity ran out while the renewal failed")
+                } else if state.lost, let killAt = state.killAt, now >= killAt {
+                    Output.stderr(
+                        "\(JSON.quoted(command[0])) (pid \(child.pid)) still runs"
+                            + " \(Self.killGrace.millisecondsText) after SIGTERM: sending SIGKILL")
+                    child.send(SIGKILL)
+                    state.killAt = nil
+                } else if !state.lost && !state.renewing && now >= state.nextRenew {
+                    state.renewing = true
+                    let lock = state.lock
+                    Task {
+                        do throws(RedlockError) {
+                            sink.yield(.renewed(.success(try await session.redlock.renew(lock))))
+                        } catch {
+                            sink.yield(.renewed(.failure(error)))
+                        }
+                    }
+                }
+                schedule()
+            case .renewed(let result):
+                state.renewing = false
+                guard !state.lost else { continue }
+                switch result {
+                case .success(let renewed):
+                    state.lock = renewed
+                    state.nextRenew = now + state.renewInterval
+                    session.note(
+                        "renewed \(JSON.quoted(resource)) on \(renewed.nodes.count) of"
+                            + " \(session.redlock.nodes.count), validity \(renewed.validity.millisecondsText)"
+                    )
+                case .failure(let error) where [.notHeld, .invalidArgument, .closed].contains(error.kind):
+                    lose("renew: \(error)")
+                case .failure(let error):
+                    let left = state.lock.remainingValidity
+                    state.nextRenew = now + state.retryDelay
+                    Output.stderr(
+                        "renewing \(JSON.quoted(resource)) failed, retrying (validity left"
+                            + " \(left.millisecondsText)): \(error)")
+                }
+                schedule()
+            }
+        }
+        timer?.cancel()
+        session.note(
+            "\(JSON.quoted(command[0])) (pid \(child.pid)) \(Child.describe(waitStatus: waitStatus))")
+        await session.release(state.lock)
+        return state.lost ? ExitStatus.lockLost : Child.exitCode(ofWaitStatus: waitStatus)
+    }
+
+    private func interrupted() -> Int32 {
+        let signal = SignalCenter.shared.received ?? SIGINT
+        session.note("interrupted by signal \(signal) before COMMAND started")
+        return 128 + signal
+    }
+}
+
+/// What the supervision loop knows about the lock.
+private struct LoopState {
+    var lock: Lock
+    let ttl: Duration
+    var nextRenew: ContinuousClock.Instant
+    var renewing = false
+    var lost = false
+    /// When COMMAND gets SIGKILL, once the lock is lost.
+    var killAt: ContinuousClock.Instant?
+
+    init(lock: Lock, ttl: Duration) {
+        self.lock = lock
+        self.ttl = ttl
+        nextRenew = .now
+        nextRenew = .now + renewInterval
+    }
+
+    /// Renew every third of the ttl, and at the latest when half the validity is left.
+    var renewInterval: Duration { min(ttl / 3, lock.remainingValidity / 2) }
+
+    /// After a failed renewal: soon, but not in a busy loop.
+    var retryDelay: Duration { max(.milliseconds(10), min(ttl / 10, lock.remainingValidity / 3)) }
+
+    /// When the loop must look again: the next renewal or the end of the validity; once the lock
+    /// is lost, the SIGKILL.
+    var nextDeadline: ContinuousClock.Instant? {
+        if lost { return killAt }
+        return renewing ? lock.validUntil : min(nextRenew, lock.validUntil)
+    }
+}

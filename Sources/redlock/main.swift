@@ -1,1 +1,0 @@
-print("redlock: being written")

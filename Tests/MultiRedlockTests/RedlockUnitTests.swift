@@ -1,0 +1,786 @@
+import MultiRedlockTesting
+import Synchronization
+import Testing
+
+@testable import MultiRedlock
+
+// Redlock's algorithm over in-memory nodes: quorums, retries, validity, renew, release, faults,
+// events and concurrency. No Redis needed.
+
+/// Nodes named `node0`, `node1`, …, on one clock (a manual one by default: keys expire only when
+/// the test advances it).
+private func makeNodes(_ count: Int, clock: MockClock = MockClock()) -> [MockRedlockNode] {
+    (0..<count).map { MockRedlockNode(name: "node\($0)", clock: clock) }
+}
+
+/// Options for fast tests: no retries, 2 ms between attempts, 200 ms node timeout.
+private func testOptions(
+    retries: Int = 0, retryWait: Duration = .milliseconds(2), nodeTimeout: Duration = .milliseconds(200),
+    drift: Duration = .milliseconds(100), driftFactor: Double = 0.01
+) -> RedlockOptions {
+    RedlockOptions(
+        id: "test", drift: drift, driftFactor: driftFactor, retries: retries, retryWait: retryWait,
+        nodeTimeout: nodeTimeout)
+}
+
+/// `lock`, with its error as a ``RedlockError``.
+private func lockResult(_ redlock: Redlock, _ resource: String, ttl: Duration = .seconds(10)) async -> Result<
+    Lock, RedlockError
+> {
+    do {
+        return .success(try await redlock.lock(resource, ttl: ttl))
+    } catch let error as RedlockError {
+        return .failure(error)
+    } catch {
+        Issue.record("lock threw \(error), not a RedlockError")
+        return .failure(RedlockError(.closed, message: "\(error)"))
+    }
+}
+
+/// The kind of error `lock` threw; nil when it succeeded.
+private func lockErrorKind(_ redlock: Redlock, _ resource: String, ttl: Duration = .seconds(10)) async
+    -> RedlockError.Kind?
+{
+    if case .failure(let error) = await lockResult(redlock, resource, ttl: ttl) { error.kind } else { nil }
+}
+
+/// The kind of error a multi-resource `lock` threw; nil when it succeeded.
+private func lockErrorKind(_ redlock: Redlock, _ resources: [String], ttl: Duration = .seconds(10)) async
+    -> RedlockError.Kind?
+{
+    do {
+        _ = try await redlock.lock(resources, ttl: ttl)
+        return nil
+    } catch let error as RedlockError {
+        return error.kind
+    } catch {
+        Issue.record("lock threw \(error), not a RedlockError")
+        return nil
+    }
+}
+
+/// The error an operation with typed throws threw; nil when it succeeded.
+private func redlockError<T>(_ body: () async throws(RedlockError) -> T) async -> RedlockError? {
+    do {
+        _ = try await body()
+        return nil
+    } catch {
+        return error
+    }
+}
+
+/// The values `resource` was acquired with on `node`, in order.
+private func acquiredValues(_ node: MockRedlockNode, _ resource: String) -> [String] {
+    node.calls.filter { $0.isAcquire && $0.key == resource }.map(\.value)
+}
+
+private func hasRelease(_ node: MockRedlockNode, _ resource: String, _ value: String) -> Bool {
+    node.calls.contains(.release(key: resource, value: value))
+}
+
+/// Waits until `condition` holds, polling; false when `timeout` passes first.
+private func pollUntil(
+    within timeout: Duration = .seconds(3), _ condition: @Sendable () -> Bool
+) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(2))
+    }
+    return condition()
+}
+
+/// Whether every attempt with `value` was released on every node: at least as many release calls
+/// as acquire calls logged on each (down and hung nodes included).
+private func allAttemptsReleased(_ nodes: [MockRedlockNode], _ resource: String, _ value: String) -> Bool {
+    nodes.allSatisfy { node in
+        let calls = node.calls
+        let acquires = calls.count { $0.isAcquire && $0.key == resource && $0.value == value }
+        let releases = calls.count { $0 == .release(key: resource, value: value) }
+        return acquires >= 1 && releases >= acquires
+    }
+}
+
+/// Checks that the failed attempts with `value` were released on every node (a release call
+/// logged on each, down and hung ones included) and that no node holds it afterwards.
+private func expectReleasedEverywhere(
+    _ nodes: [MockRedlockNode], _ resource: String, value: String?, _ context: Comment,
+    sourceLocation: SourceLocation = #_sourceLocation
+) async {
+    guard let value else {
+        Issue.record("no acquire call was logged; \(context)", sourceLocation: sourceLocation)
+        return
+    }
+    let released = await pollUntil { allAttemptsReleased(nodes, resource, value) }
+    #expect(released, "a release on every node; \(context)", sourceLocation: sourceLocation)
+    // A release may take effect after its call is logged (latency).
+    let free = await pollUntil { nodes.allSatisfy { $0.value(of: resource) != value } }
+    let holders = nodes.filter { $0.value(of: resource) == value }.map(\.name)
+    #expect(
+        free, "no node holds the failed lock's value: \(holders); \(context)", sourceLocation: sourceLocation)
+}
+
+/// Every assignment of one of `choices` to each of `count` nodes.
+private func assignments<T>(_ count: Int, of choices: [T]) -> [[T]] {
+    var all: [[T]] = [[]]
+    for _ in 0..<count {
+        all = all.flatMap { prefix in choices.map { prefix + [$0] } }
+    }
+    return all
+}
+
+/// A counter shared by tasks.
+private final class SharedCounter: Sendable {
+    private let count = Atomic<Int>(0)
+    private let peak = Atomic<Int>(0)
+
+    var value: Int { count.load(ordering: .sequentiallyConsistent) }
+    /// The highest value reached.
+    var maximum: Int { peak.load(ordering: .sequentiallyConsistent) }
+
+    @discardableResult
+    func increment() -> Int {
+        let value = count.add(1, ordering: .sequentiallyConsistent).newValue
+        peak.max(value, ordering: .sequentiallyConsistent)
+        return value
+    }
+
+    func decrement() {
+        count.subtract(1, ordering: .sequentiallyConsistent)
+    }
+}
+
+private enum NodeState: Sendable, CustomStringConvertible {
+    case free, taken, down
+
+    var description: String {
+        switch self {
+        case .free: "free"
+        case .taken: "taken"
+        case .down: "down"
+        }
+    }
+}
+
+@Suite("Redlock over mock nodes")
+struct RedlockUnitTests {
+    // MARK: Quorums
+
+    /// Locks over `states.count` nodes set up as given; checks success or the error kind, what the
+    /// lock holds, and that a failed attempt is released everywhere.
+    private func checkQuorum(_ states: [NodeState]) async throws {
+        let count = states.count
+        let quorum = count / 2 + 1
+        let nodes = makeNodes(count)
+        for (node, state) in zip(nodes, states) {
+            switch state {
+            case .free: break
+            case .taken: node.set(key: "r", value: "foreign")
+            case .down: node.isDown = true
+            }
+        }
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        #expect(redlock.quorum == quorum)
+        let free = states.count { if case .free = $0 { true } else { false } }
+        let taken = states.count { if case .taken = $0 { true } else { false } }
+        let context: Comment = "nodes \(states)"
+        switch await lockResult(redlock, "r") {
+        case .success(let lock):
+            #expect(free >= quorum, "locked without a quorum; \(context)")
+            #expect(lock.attempts == 1)
+            #expect(
+                Set(lock.nodes).isSubset(of: Set(zip(nodes, states).filter { $1 == .free }.map(\.0.name))))
+            #expect(lock.nodes.count >= quorum, context)
+            for (node, state) in zip(nodes, states) {
+                let expected: String? =
+                    switch state {
+                    case .free: lock.value
+                    case .taken: "foreign"
+                    case .down: nil
+                    }
+                #expect(node.value(of: "r") == expected, "\(node.name); \(context)")
+            }
+        case .failure(let error):
+            #expect(free < quorum, "not locked although \(free) of \(count) were free; \(context)")
+            let expectedKind: RedlockError.Kind = taken > count - quorum ? .taken : .quorumUnavailable
+            #expect(error.kind == expectedKind, "\(error); \(context)")
+            #expect(error.attempts == 1)
+            #expect(error.resource == "r")
+            #expect(error.nodes.map(\.node) == nodes.map(\.name))
+            await expectReleasedEverywhere(nodes, "r", value: acquiredValues(nodes[0], "r").first, context)
+            for (node, state) in zip(nodes, states) where state == .taken {
+                #expect(node.value(of: "r") == "foreign", "another owner's lock is untouched; \(context)")
+            }
+        }
+    }
+
+    @Test("taken masks: locked iff free >= N/2+1, else .taken", arguments: 1...5)
+    func takenMasks(nodeCount: Int) async throws {
+        for states in assignments(nodeCount, of: [NodeState.free, .taken]) {
+            try await checkQuorum(states)
+        }
+    }
+
+    @Test("down masks: locked iff up >= N/2+1, else .quorumUnavailable", arguments: 1...5)
+    func downMasks(nodeCount: Int) async throws {
+        for states in assignments(nodeCount, of: [NodeState.free, .down]) {
+            try await checkQuorum(states)
+        }
+    }
+
+    @Test("mixed masks: .taken iff the refusals alone rule out a quorum", arguments: [3, 5])
+    func mixedMasks(nodeCount: Int) async throws {
+        for states in assignments(nodeCount, of: [NodeState.free, .taken, .down]) {
+            try await checkQuorum(states)
+        }
+    }
+
+    // MARK: Retries
+
+    @Test("retries r: r+1 attempts on every node for a held resource", arguments: [0, 1, 3])
+    func retryCount(retries: Int) async throws {
+        let nodes = makeNodes(3)
+        for node in nodes { node.set(key: "r", value: "foreign") }
+        let redlock = try Redlock(
+            nodes: nodes, options: testOptions(retries: retries, retryWait: .milliseconds(1)))
+        guard case .failure(let error) = await lockResult(redlock, "r") else {
+            Issue.record("locked a held resource")
+            return
+        }
+        #expect(error.kind == .taken)
+        #expect(error.attempts == retries + 1)
+        for node in nodes {
+            let values = acquiredValues(node, "r")
+            #expect(values.count == retries + 1, "\(node.name): \(node.calls)")
+            #expect(Set(values).count == 1, "one lock value for all attempts")
+            #expect(node.value(of: "r") == "foreign")
+        }
+    }
+
+    @Test("setRetry changes the retries and validates them")
+    func setRetry() async throws {
+        let nodes = makeNodes(3)
+        for node in nodes { node.set(key: "r", value: "foreign") }
+        let redlock = try Redlock(nodes: nodes, options: testOptions(retries: 0))
+        try redlock.setRetry(2, retryWait: .milliseconds(1))
+        #expect(redlock.options.retries == 2)
+        #expect(redlock.options.retryWait == .milliseconds(1))
+        guard case .failure(let error) = await lockResult(redlock, "r") else {
+            Issue.record("locked a held resource")
+            return
+        }
+        #expect(error.attempts == 3)
+        #expect(acquiredValues(nodes[0], "r").count == 3)
+        #expect(
+            await redlockError { () throws(RedlockError) in try redlock.setRetry(-1, retryWait: .zero) }?.kind
+                == .invalidArgument)
+        #expect(
+            await redlockError { () throws(RedlockError) in
+                try redlock.setRetry(1, retryWait: .milliseconds(-1))
+            }?
+            .kind == .invalidArgument)
+    }
+
+    @Test("retry waits are random in 0...retryWait")
+    func jitter() async throws {
+        let nodes = makeNodes(3)
+        for node in nodes { node.set(key: "r", value: "foreign") }
+        let redlock = try Redlock(
+            nodes: nodes, options: testOptions(retries: 3, retryWait: .milliseconds(50)))
+        var totals: [Duration] = []
+        for _ in 0..<8 {
+            let start = ContinuousClock.now
+            let kind = await lockErrorKind(redlock, "r")
+            totals.append(ContinuousClock.now - start)
+            #expect(kind == .taken)
+        }
+        let milliseconds = totals.map {
+            Double($0.components.attoseconds) / 1e15 + Double($0.components.seconds) * 1000
+        }
+        // Three waits of at most 50 ms each; wall time on a busy machine only bounds them loosely
+        // (the waits themselves are checked exactly below). Never all equal: the waits are random.
+        #expect(milliseconds.allSatisfy { $0 >= 0 && $0 < 150 + 2_000 }, "\(milliseconds)")
+        #expect(milliseconds.max()! - milliseconds.min()! > 2, "\(milliseconds)")
+    }
+
+    @Test("each wait is uniform in 0...retryWait")
+    func waitDistribution() {
+        let limit = Duration.milliseconds(50)
+        let samples = (0..<20_000).map { _ in Duration.random(upTo: limit) }
+        #expect(samples.allSatisfy { $0 >= .zero && $0 <= limit })
+        let mean = samples.reduce(Duration.zero, +) / samples.count
+        #expect(mean > .milliseconds(23) && mean < .milliseconds(27), "mean \(mean)")
+        #expect(samples.contains { $0 < .milliseconds(1) } && samples.contains { $0 > .milliseconds(49) })
+        #expect(Duration.random(upTo: .zero) == .zero)
+    }
+
+    // MARK: Validity
+
+    @Test("validity = ttl - elapsed - (drift + driftFactor * ttl)")
+    func validity() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(
+            nodes: nodes, options: testOptions(drift: .milliseconds(100), driftFactor: 0.01))
+        let before = ContinuousClock.now
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        let after = ContinuousClock.now
+        let elapsed = after - before
+        #expect(lock.ttl == .seconds(10))
+        #expect(lock.validity <= .milliseconds(9_800))
+        #expect(lock.validity > .milliseconds(9_800) - elapsed - .milliseconds(5))
+        #expect(lock.validUntil >= before + .milliseconds(9_800))
+        #expect(lock.validUntil <= after + .milliseconds(9_800))
+        #expect(lock.isValid)
+        #expect(lock.remainingValidity <= lock.validity)
+        #expect(lock.attempts == 1)
+        // The nodes that had granted it when the quorum was reached.
+        #expect(lock.nodes.count >= 2)
+        #expect(Set(lock.nodes).isSubset(of: ["node0", "node1", "node2"]))
+        for node in nodes {
+            #expect(node.value(of: "r") == lock.value)
+            #expect(node.ttl(of: "r") == .seconds(10), "the nodes get the full ttl")
+        }
+    }
+
+    @Test("node latency shrinks the validity")
+    func validityWithLatency() async throws {
+        let nodes = makeNodes(3)
+        for node in nodes { node.latency = .milliseconds(150) }
+        let redlock = try Redlock(nodes: nodes, options: testOptions(nodeTimeout: .seconds(2)))
+        let before = ContinuousClock.now
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        let elapsed = ContinuousClock.now - before
+        #expect(elapsed >= .milliseconds(150))
+        #expect(lock.validity <= .milliseconds(9_800 - 150))
+        #expect(lock.validity > .milliseconds(9_800) - elapsed - .milliseconds(5))
+    }
+
+    @Test("the validity never exceeds the whole-millisecond ttl the nodes apply")
+    func validityWithinNodeTtl() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: testOptions(drift: .zero, driftFactor: 0))
+        // Nodes get whole milliseconds (PX 50): the keys live 50 ms, not 50.999 ms.
+        let lock = try await redlock.lock("r", ttl: .microseconds(50_999))
+        for node in nodes where node.value(of: "r") != nil {
+            #expect(node.ttl(of: "r") == .milliseconds(50))
+        }
+        #expect(lock.validity <= .milliseconds(50), "the lock claims \(lock.validity); its keys live 50 ms")
+    }
+
+    @Test("bad input is refused before any node is called")
+    func invalidArguments() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(
+            nodes: nodes, options: testOptions(drift: .milliseconds(100), driftFactor: 0))
+        for (resource, ttl) in [
+            ("", Duration.seconds(10)), ("r", .zero), ("r", .milliseconds(-5)), ("r", .microseconds(500)),
+            ("r", .milliseconds(100)), ("r", .milliseconds(50)),
+        ] {
+            let error = await lockResult(redlock, resource, ttl: ttl)
+            guard case .failure(let error) = error else {
+                Issue.record("locked \(resource.debugDescription) with ttl \(ttl)")
+                continue
+            }
+            #expect(error.kind == .invalidArgument, "resource \(resource.debugDescription), ttl \(ttl)")
+            #expect(error.attempts == 0)
+        }
+        #expect(
+            await redlockError { () throws(RedlockError) in
+                try await redlock.renew("r", value: "v", ttl: .zero)
+            }?.kind == .invalidArgument)
+        #expect(
+            await redlockError { () throws(RedlockError) in
+                try await redlock.renew("r", value: "", ttl: .seconds(1))
+            }?.kind == .invalidArgument)
+        #expect(
+            await redlockError { () throws(RedlockError) in
+                try await redlock.renew("", value: "v", ttl: .seconds(1))
+            }?.kind == .invalidArgument)
+        for node in nodes {
+            #expect(node.calls.isEmpty, "\(node.name) was called: \(node.calls)")
+        }
+    }
+
+    @Test("a ttl at or below the drift allowance is refused (driftFactor counted)")
+    func ttlAtDriftAllowance() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(
+            nodes: nodes, options: testOptions(drift: .milliseconds(100), driftFactor: 0.5))
+        // Allowance for 200 ms: 100 ms + 0.5 × 200 ms = 200 ms.
+        #expect(await lockErrorKind(redlock, "r", ttl: .milliseconds(200)) == .invalidArgument)
+        #expect(nodes.allSatisfy { $0.calls.isEmpty })
+        #expect(await lockErrorKind(redlock, "r", ttl: .milliseconds(250)) == nil)
+    }
+
+    @Test("latency beyond the validity: .validityExpired, and everything released")
+    func validityExpired() async throws {
+        let nodes = makeNodes(3)
+        for node in nodes { node.latency = .milliseconds(350) }
+        let redlock = try Redlock(
+            nodes: nodes,
+            options: testOptions(nodeTimeout: .seconds(2), drift: .milliseconds(100), driftFactor: 0))
+        let result = await lockResult(redlock, "r", ttl: .milliseconds(400))
+        guard case .failure(let error) = result else {
+            Issue.record("locked although the latency used up the validity")
+            return
+        }
+        #expect(error.kind == .validityExpired)
+        #expect(error.nodes.count { $0.outcome == .granted } >= 2, "a quorum granted it: \(error)")
+        await expectReleasedEverywhere(
+            nodes, "r", value: acquiredValues(nodes[0], "r").first, "validity expired")
+        #expect(await pollUntil { nodes.allSatisfy { $0.value(of: "r") == nil } })
+    }
+
+    // MARK: Renew
+
+    @Test("renew of an expired lock throws .notHeld and re-creates nothing")
+    func renewExpired() async throws {
+        let clock = MockClock()
+        let nodes = makeNodes(3, clock: clock)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        clock.advance(by: .seconds(10))
+        let error = await redlockError { () throws(RedlockError) in try await redlock.renew(lock) }
+        #expect(error?.kind == .notHeld)
+        #expect(nodes.allSatisfy { $0.value(of: "r") == nil })
+        #expect(
+            nodes.allSatisfy { $0.calls.contains(.extend(key: "r", value: lock.value, ttl: .seconds(10))) })
+        #expect(nodes.allSatisfy { node in !node.calls.contains { $0.isAcquire && $0.value != lock.value } })
+    }
+
+    @Test("renew refused by a majority is .notHeld, even when a down node answers first")
+    func renewExpiredWithNodeDown() async throws {
+        let clock = MockClock()
+        let nodes = makeNodes(3, clock: clock)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        clock.advance(by: .seconds(10))
+        nodes[0].isDown = true
+        // node1 and node2 no longer hold it: the refusals alone rule out a quorum.
+        let error = await redlockError { () throws(RedlockError) in try await redlock.renew(lock) }
+        #expect(error?.kind == .notHeld, "\(String(describing: error))")
+        #expect(nodes.allSatisfy { $0.value(of: "r") == nil })
+    }
+
+    @Test("renew of a released lock throws .notHeld and re-creates nothing")
+    func renewReleased() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        #expect(try await redlock.release(lock) == 3)
+        let error = await redlockError { () throws(RedlockError) in try await redlock.renew(lock) }
+        #expect(error?.kind == .notHeld)
+        #expect(nodes.allSatisfy { $0.value(of: "r") == nil })
+    }
+
+    @Test("renew of a live lock extends its ttl on the nodes, and never re-creates a lost key")
+    func renewLive() async throws {
+        let clock = MockClock()
+        let nodes = makeNodes(3, clock: clock)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        clock.advance(by: .seconds(4))
+        #expect(nodes.allSatisfy { $0.ttl(of: "r") == .seconds(6) })
+        nodes[0].removeAll()
+        let renewed = try await redlock.renew(lock, ttl: .seconds(20))
+        #expect(renewed.value == lock.value)
+        #expect(renewed.ttl == .seconds(20))
+        #expect(renewed.validity <= .milliseconds(20_000 - 300))
+        #expect(renewed.nodes == ["node1", "node2"])
+        #expect(nodes[0].value(of: "r") == nil, "renew never re-acquires")
+        #expect(nodes[1].ttl(of: "r") == .seconds(20))
+        #expect(nodes[2].ttl(of: "r") == .seconds(20))
+        let byName = try await redlock.renew("r", value: lock.value, ttl: .seconds(5))
+        #expect(byName.nodes == ["node1", "node2"])
+        #expect(nodes[1].ttl(of: "r") == .seconds(5))
+    }
+
+    // MARK: Unlock and release
+
+    @Test("unlock and release with a wrong value leave the key")
+    func wrongValue() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        redlock.unlock("r", value: "wrong")
+        #expect(await pollUntil { nodes.allSatisfy { hasRelease($0, "r", "wrong") } })
+        #expect(nodes.allSatisfy { $0.value(of: "r") == lock.value })
+
+        let forged = Lock(
+            resource: "r", value: "forged", validity: lock.validity, ttl: lock.ttl,
+            validUntil: lock.validUntil,
+            attempts: 1, nodes: lock.nodes)
+        let error = await redlockError { () throws(RedlockError) in try await redlock.release(forged) }
+        #expect(error?.kind == .notHeld)
+        #expect(nodes.allSatisfy { $0.value(of: "r") == lock.value })
+
+        redlock.unlock("r", value: lock.value)
+        #expect(await pollUntil { nodes.allSatisfy { $0.value(of: "r") == nil } })
+    }
+
+    @Test("release returns how many nodes released; an expired lock throws .notHeld")
+    func releaseCount() async throws {
+        let clock = MockClock()
+        let nodes = makeNodes(3, clock: clock)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let first = try await redlock.lock("a", ttl: .seconds(10))
+        #expect(try await redlock.release(first) == 3)
+        let second = try await redlock.lock("b", ttl: .seconds(10))
+        nodes[2].removeAll()
+        #expect(try await redlock.release(second) == 2)
+        #expect(nodes.allSatisfy { $0.value(of: "b") == nil })
+
+        let third = try await redlock.lock("c", ttl: .seconds(10))
+        clock.advance(by: .seconds(10))
+        let error = await redlockError { () throws(RedlockError) in try await redlock.release(third) }
+        #expect(error?.kind == .notHeld)
+    }
+
+    // MARK: Hung nodes
+
+    @Test("one hung node of three does not delay the lock")
+    func oneHungNode() async throws {
+        let nodes = makeNodes(3)
+        nodes[2].isHung = true
+        let redlock = try Redlock(nodes: nodes, options: testOptions(nodeTimeout: .milliseconds(200)))
+        let start = ContinuousClock.now
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        let elapsed = ContinuousClock.now - start
+        #expect(elapsed < .milliseconds(150), "took \(elapsed)")
+        #expect(lock.nodes == ["node0", "node1"])
+        nodes[2].isHung = false
+    }
+
+    @Test("two hung nodes of three: fails after about the node timeout, per attempt", arguments: [0, 1])
+    func twoHungNodes(retries: Int) async throws {
+        let nodes = makeNodes(3)
+        nodes[1].isHung = true
+        nodes[2].isHung = true
+        let timeout = Duration.milliseconds(200)
+        let redlock = try Redlock(
+            nodes: nodes,
+            options: testOptions(retries: retries, retryWait: .milliseconds(1), nodeTimeout: timeout))
+        let start = ContinuousClock.now
+        let result = await lockResult(redlock, "r")
+        let elapsed = ContinuousClock.now - start
+        guard case .failure(let error) = result else {
+            Issue.record("locked with two of three nodes hung")
+            return
+        }
+        #expect(error.kind == .quorumUnavailable)
+        #expect(error.attempts == retries + 1)
+        #expect(elapsed >= timeout * (retries + 1), "took \(elapsed)")
+        #expect(elapsed < timeout * (retries + 1) + .milliseconds(800), "took \(elapsed)")
+        let value = acquiredValues(nodes[0], "r").first
+        let released = await pollUntil { allAttemptsReleased(nodes, "r", value ?? "") }
+        #expect(released, "a release on every node, the hung ones too")
+        nodes[1].isHung = false
+        nodes[2].isHung = false
+        await expectReleasedEverywhere(nodes, "r", value: value, "two hung nodes")
+    }
+
+    // MARK: Events
+
+    @Test(".connect and .disconnect fire on quorum transitions only")
+    func events() async throws {
+        let nodes = makeNodes(3)
+        for node in nodes { node.setConnected(false) }
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        #expect(!redlock.isConnected)
+        let connects = SharedCounter()
+        let disconnects = SharedCounter()
+        redlock.on(.connect) { connects.increment() }
+        redlock.on(.disconnect) { disconnects.increment() }
+
+        nodes[0].setConnected(true)
+        #expect(!redlock.isConnected)
+        nodes[1].setConnected(true)
+        #expect(redlock.isConnected)
+        #expect(await pollUntil { connects.value == 1 })
+        nodes[2].setConnected(true)
+        nodes[0].isDown = true
+        #expect(redlock.isConnected)
+        nodes[1].setConnected(false)
+        #expect(!redlock.isConnected)
+        #expect(await pollUntil { disconnects.value == 1 })
+        nodes[2].setConnected(false)
+        nodes[0].isDown = false
+        #expect(!redlock.isConnected)
+        nodes[1].setConnected(true)
+        #expect(redlock.isConnected)
+
+        // A .connect handler registered while connected is called at once, after the events before.
+        let late = SharedCounter()
+        redlock.on(.connect) { late.increment() }
+        #expect(await pollUntil { late.value == 1 })
+        #expect(connects.value == 2)
+        #expect(disconnects.value == 1)
+    }
+
+    @Test("nodes connected at creation: connected at once, and a late .connect handler is called")
+    func connectedAtCreation() async throws {
+        let redlock = try Redlock(nodes: makeNodes(3), options: testOptions())
+        #expect(redlock.isConnected)
+        let connects = SharedCounter()
+        redlock.on(.connect) { connects.increment() }
+        #expect(await pollUntil { connects.value == 1 })
+        let disconnects = SharedCounter()
+        redlock.on(.disconnect) { disconnects.increment() }
+        try await Task.sleep(for: .milliseconds(20))
+        #expect(disconnects.value == 0)
+        #expect(connects.value == 1)
+    }
+
+    // MARK: Creation and close
+
+    @Test("no nodes, or two nodes with one name: .invalidArgument")
+    func invalidNodes() async {
+        let empty = await redlockError { () throws(RedlockError) in
+            try Redlock(nodes: [], options: testOptions())
+        }
+        #expect(empty?.kind == .invalidArgument)
+        let duplicate = await redlockError { () throws(RedlockError) in
+            try Redlock(
+                nodes: [MockRedlockNode(name: "a"), MockRedlockNode(name: "b"), MockRedlockNode(name: "a")],
+                options: testOptions())
+        }
+        #expect(duplicate?.kind == .invalidArgument)
+        let badOptions = await redlockError { () throws(RedlockError) in
+            try Redlock(nodes: makeNodes(1), options: RedlockOptions(id: "", retryWait: .milliseconds(1)))
+        }
+        #expect(badOptions?.kind == .invalidArgument)
+    }
+
+    @Test("after close, lock, renew and release throw .closed")
+    func closed() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        await redlock.close()
+        #expect(nodes.allSatisfy { $0.isClosed })
+        #expect(await lockErrorKind(redlock, "r2") == .closed)
+        #expect(
+            await redlockError { () throws(RedlockError) in try await redlock.renew(lock) }?.kind == .closed)
+        #expect(
+            await redlockError { () throws(RedlockError) in try await redlock.release(lock) }?.kind == .closed
+        )
+        await redlock.close()
+    }
+
+    // MARK: Values
+
+    @Test("lock values are <id>_<digits>_<32 lowercase hex>, and never shared")
+    func values() async throws {
+        let redlock = try Redlock(nodes: makeNodes(3), options: testOptions())
+        var values = Set<String>()
+        for index in 0..<100 {
+            let lock = try await redlock.lock("r\(index % 10)", ttl: .seconds(10))
+            #expect(lock.value.wholeMatch(of: /test_[0-9]+_[0-9a-f]{32}/) != nil, "\(lock.value)")
+            values.insert(lock.value)
+            try await redlock.release(lock)
+        }
+        #expect(values.count == 100)
+    }
+
+    // MARK: Multi-resource locks, fencing tokens, restarts
+
+    @Test("a multi-resource lock holds every key on a quorum, or none anywhere")
+    func multiResource() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let lock = try await redlock.lock(["a", "b"], ttl: .seconds(10))
+        #expect(lock.resources == ["a", "b"])
+        for node in nodes {
+            #expect(node.value(of: "a") == lock.value)
+            #expect(node.value(of: "b") == lock.value)
+        }
+        #expect(try await redlock.release(lock) == 3)
+        #expect(nodes.allSatisfy { $0.keys.isEmpty })
+
+        nodes[0].set(key: "b", value: "foreign")
+        nodes[1].set(key: "b", value: "foreign")
+        let kind = await lockErrorKind(redlock, ["a", "b"])
+        #expect(kind == .taken)
+        #expect(await pollUntil { nodes.allSatisfy { $0.value(of: "a") == nil } }, "all or none")
+        #expect(nodes[2].calls.contains { $0.isRelease && $0.keys == ["a", "b"] })
+    }
+
+    @Test("fencing tokens strictly increase from one grant to the next")
+    func fencingTokens() async throws {
+        let nodes = makeNodes(3)
+        var options = testOptions()
+        options.fencingTokens = true
+        let redlock = try Redlock(nodes: nodes, options: options)
+        var tokens: [Int64] = []
+        for _ in 0..<3 {
+            let lock = try await redlock.lock("r", ttl: .seconds(10))
+            tokens.append(try #require(lock.fencingToken))
+            try await redlock.release(lock)
+        }
+        #expect(tokens == [1, 2, 3])
+        #expect(nodes.filter { $0.value(of: Lock.fencingKey(for: "r")) == "3" }.count >= 2)
+    }
+
+    @Test("a restarted node's grants do not count for the longest ttl used")
+    func restartedNode() async throws {
+        let clock = MockClock()
+        let nodes = makeNodes(3, clock: clock)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        _ = try await redlock.lock("a", ttl: .seconds(10))
+        nodes[0].restart()
+        #expect(nodes[0].value(of: "a") == nil)
+        let lock = try await redlock.lock("b", ttl: .seconds(5))
+        #expect(lock.nodes == ["node1", "node2"])
+        nodes[1].isDown = true
+        #expect(await lockErrorKind(redlock, "c") == .quorumUnavailable, "node0's grant does not count yet")
+        clock.advance(by: .seconds(10))
+        let later = try await redlock.lock("d", ttl: .seconds(5))
+        #expect(later.nodes.contains("node0"))
+    }
+
+    // MARK: Concurrency
+
+    @Test("1,000 concurrent locks on distinct resources all succeed")
+    func manyResources() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let locked = try await withThrowingTaskGroup(of: Lock.self) { group in
+            for index in 0..<1_000 {
+                group.addTask { try await redlock.lock("resource-\(index)", ttl: .seconds(10)) }
+            }
+            return try await group.reduce(into: [Lock]()) { $0.append($1) }
+        }
+        #expect(locked.count == 1_000)
+        #expect(Set(locked.map(\.value)).count == 1_000)
+        for node in nodes { #expect(node.keys.count == 1_000) }
+    }
+
+    @Test("50 tasks contending for one resource: at most one holds it at any moment")
+    func mutualExclusion() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: testOptions(retries: 0))
+        let holders = SharedCounter()
+        let grants = SharedCounter()
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<50 {
+                group.addTask {
+                    for _ in 0..<5 {
+                        guard let lock = try? await redlock.lock("shared", ttl: .seconds(10)) else {
+                            await Task.yield()
+                            continue
+                        }
+                        grants.increment()
+                        holders.increment()
+                        try? await Task.sleep(for: .milliseconds(1))
+                        holders.decrement()
+                        _ = try? await redlock.release(lock)
+                    }
+                }
+            }
+        }
+        #expect(holders.maximum == 1)
+        #expect(holders.value == 0)
+        #expect(grants.value >= 1)
+        #expect(nodes.allSatisfy { $0.value(of: "shared") == nil })
+    }
+}

@@ -52,6 +52,12 @@ struct CommonOptions: ParsableArguments {
     @Flag(help: "Report each attempt (and each renewal) on standard error.")
     var verbose = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "Issue a fencing token with the lock: \"fencing_token\" in the JSON, $REDLOCK_FENCING_TOKEN"
+                + " for run's COMMAND. Strictly increases with each grant of the resource."))
+    var fencing = false
+
     func validate() throws {
         _ = try resolve(environment: Environment.current)
     }
@@ -94,6 +100,7 @@ struct CommonOptions: ParsableArguments {
         if let retryWait { options.retryWait = .milliseconds(retryWait) }
         if let drift { options.drift = .milliseconds(drift) }
         if let nodeTimeout { options.nodeTimeout = .milliseconds(nodeTimeout) }
+        options.fencingTokens = fencing
         let ttl = Duration.milliseconds(ttl)
         let allowance = options.driftAllowance(for: ttl)
         guard ttl > allowance else {

@@ -146,14 +146,15 @@ enum JSON {
 
     /// A lock as the tool prints it: resource, value and validity first, then the details.
     static func lock(_ lock: Lock) -> JSON {
-        .object([
-            ("resource", .string(lock.resource)),
-            ("value", .string(lock.value)),
-            ("validity_ms", .int(lock.validity.wholeMillisecondsValue)),
-            ("ttl_ms", .int(lock.ttl.wholeMillisecondsValue)),
-            ("attempts", .int(Int64(lock.attempts))),
-            ("nodes", .array(lock.nodes.map { .string($0) })),
-        ])
+        .object(
+            [
+                ("resource", .string(lock.resource)),
+                ("value", .string(lock.value)),
+                ("validity_ms", .int(lock.validity.wholeMillisecondsValue)),
+                ("ttl_ms", .int(lock.ttl.wholeMillisecondsValue)),
+                ("attempts", .int(Int64(lock.attempts))),
+                ("nodes", .array(lock.nodes.map { .string($0) })),
+            ] + (lock.fencingToken.map { [("fencing_token", JSON.int($0))] } ?? []))
     }
 }
 

@@ -153,7 +153,8 @@ struct Session: Sendable {
                 let lock = try await redlock.lock(resource, ttl: settings.ttl)
                 let result = Lock(
                     resource: lock.resource, value: lock.value, validity: lock.validity, ttl: lock.ttl,
-                    validUntil: lock.validUntil, attempts: attempt, nodes: lock.nodes)
+                    validUntil: lock.validUntil, attempts: attempt, nodes: lock.nodes,
+                    fencingToken: lock.fencingToken)
                 note(
                     "acquire \(JSON.quoted(resource)) attempt \(attempt): granted by \(lock.nodes.count)"
                         + " of \(redlock.nodes.count) in \(attemptStart.duration(to: .now).millisecondsText),"
@@ -170,7 +171,6 @@ struct Session: Sendable {
                 let now = ContinuousClock.now
                 let exhausted = deadline.map { now >= $0 } ?? (attempt > settings.retries)
                 if !retryable || exhausted {
-                    await settle(after: error)
                     if error.kind == .taken, let wait = settings.wait {
                         error.message += "; still held after --wait \(wait.millisecondsText)"
                     }
@@ -182,21 +182,6 @@ struct Session: Sendable {
                 try Task.checkCancellation()
             }
         }
-    }
-
-    /// A failed attempt releases what it may have set, in the background (`Redlock` does that).
-    /// A process about to exit closes its connections and would cut that release short, leaving
-    /// the key on a minority of servers until its ttl: give it one node timeout when some server
-    /// granted the attempt or may have.
-    private func settle(after error: RedlockError) async {
-        let mayHaveSet = error.nodes.contains { evidence in
-            switch evidence.outcome {
-            case .granted, .pending: true
-            case .failed(let failure): failure.outcomeUnknown
-            case .refused: false
-            }
-        }
-        if mayHaveSet { try? await Task.sleep(for: settings.options.nodeTimeout) }
     }
 
     // MARK: Releasing

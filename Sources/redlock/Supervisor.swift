@@ -51,6 +51,7 @@ struct Supervisor {
         var environment = Environment.current
         environment["REDLOCK_RESOURCE"] = resource
         environment["REDLOCK_VALUE"] = acquired.value
+        if let token = acquired.fencingToken { environment["REDLOCK_FENCING_TOKEN"] = String(token) }
         let child: Child
         do {
             child = try Child.spawn(

@@ -37,6 +37,31 @@ struct RedlockCLITests {
         #expect(values.allSatisfy { $0 == nil || $0 == value }, "\(values)")
     }
 
+    @Test func fencingTokensIncreaseAndReachTheCommand() async throws {
+        let servers = try await Servers.start()
+        defer { servers.stopNow() }
+        var tokens: [Int] = []
+        for _ in 0..<3 {
+            let acquired = try await redlock(["--servers", servers.list, "--fencing", "acquire", "ledger"])
+            #expect(acquired.status == 0, "\(acquired)")
+            let lock = try acquired.json()
+            tokens.append(try #require(lock["fencing_token"] as? Int))
+            let value = try #require(lock["value"] as? String)
+            let released = try await redlock(["--servers", servers.list, "release", "ledger", value])
+            #expect(released.status == 0, "\(released)")
+        }
+        #expect(tokens == [1, 2, 3])
+        let run = try await redlock([
+            "--servers", servers.list, "--fencing", "run", "ledger", "--", "sh", "-c",
+            "echo token=$REDLOCK_FENCING_TOKEN",
+        ])
+        #expect(run.status == 0, "\(run)")
+        #expect(run.stdout.contains("token=4"), "\(run)")
+        // Without --fencing: no token in the JSON.
+        let plain = try await redlock(["--servers", servers.list, "acquire", "other"])
+        #expect(!(try plain.json()).keys.contains("fencing_token"))
+    }
+
     @Test func resourceNamesAreEscapedInTheJSON() async throws {
         let servers = try await Servers.start()
         defer { servers.stopNow() }

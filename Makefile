@@ -5,7 +5,7 @@ SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Extra arguments for `swift test`, e.g. make test TEST_ARGS='--filter ConnectionTests'
 TEST_ARGS    ?=
 # Tests under ThreadSanitizer: the ones that exercise the connection and the lock concurrently.
-TSAN_FILTER  ?= ConcurrencyTests|ConnectionTests
+TSAN_FILTER  ?= ConnectionTests|RedlockIntegrationTests|ScopedLockTests|Redlock over mock nodes
 # Where test runs keep their redis-server directories (pidfiles, logs); made fresh for each run.
 TMPROOT      ?= /tmp
 

@@ -58,6 +58,7 @@ struct Bench: Sendable {
         log("\(scenario.name): running against \(configuration.servers.count) servers")
         var measurement: Measurement
         switch scenario {
+        case .roundtrip: measurement = await roundtrip(redlock)
         case .sequential: measurement = await sequential(redlock)
         case .concurrent(let tasks): measurement = await concurrent(redlock, tasks: tasks)
         case .contention: measurement = await contention(redlock)
@@ -73,6 +74,40 @@ struct Bench: Sendable {
     }
 
     // MARK: Scenarios
+
+    /// PINGs one at a time on the first node's connection, as many as `sequential` has cycles:
+    /// the cost of one command through the hiredis-on-Dispatch wrapper.
+    private func roundtrip(_ redlock: Redlock) async -> Measurement {
+        let recorder = LatencyRecorder()
+        var tally = Tally()
+        guard let connection = (redlock.nodes.first as? RedisNode)?.connection else {
+            return Measurement(tally: tally, latencies: recorder.snapshot, seconds: 0, rate: 0, tasks: 1)
+        }
+        let count = min(configuration.sequentialCycles, configuration.maxCycles)
+        for _ in 0..<configuration.warmupCycles { _ = try? await connection.send(["PING"]) }
+        let cpuBefore = ProcessStats.cpuSeconds
+        let start = Monotonic.now()
+        let deadline = start + Monotonic.nanoseconds(seconds: configuration.sequentialMaxSeconds)
+        var index = 0
+        while index < count, Monotonic.now() < deadline {
+            let before = Monotonic.now()
+            do {
+                _ = try await connection.send(["PING"])
+                let time = Monotonic.now() - before
+                recorder.record(cycle: time, lock: time)
+                tally.cycles += 1
+            } catch {
+                tally.fail("connection")
+            }
+            index += 1
+        }
+        let elapsed = Double(Monotonic.now() - start) / 1e9
+        var measurement = Measurement(
+            tally: tally, latencies: recorder.snapshot, seconds: elapsed,
+            rate: elapsed > 0 ? Double(tally.cycles) / elapsed : 0, tasks: 1)
+        measurement.cpuSeconds = ProcessStats.cpuSeconds - cpuBefore
+        return measurement
+    }
 
     private func sequential(_ redlock: Redlock) async -> Measurement {
         let configuration = configuration

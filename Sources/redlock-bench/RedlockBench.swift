@@ -249,12 +249,15 @@ enum HoldMode: String, Sendable {
 
 /// One scenario to run.
 enum Scenario: Sendable, Hashable {
+    /// One PING at a time on one connection: the wrapper's own round trip, against redis-benchmark -c 1.
+    case roundtrip
     case sequential
     case concurrent(Int)
     case contention
 
     var name: String {
         switch self {
+        case .roundtrip: "roundtrip"
         case .sequential: "sequential"
         case .concurrent(let tasks): "concurrent_\(tasks)"
         case .contention: "contention"
@@ -265,6 +268,7 @@ enum Scenario: Sendable, Hashable {
         var result: [Scenario] = []
         for item in list.split(separator: ",").map(\.trimmingSpaces) where !item.isEmpty {
             switch item {
+            case "roundtrip": result.append(.roundtrip)
             case "sequential": result.append(.sequential)
             case "contention": result.append(.contention)
             case "concurrent": result += concurrency.map { .concurrent($0) }
@@ -273,7 +277,7 @@ enum Scenario: Sendable, Hashable {
                     tasks > 0
                 else {
                     throw ValidationError(
-                        "unknown scenario \(item.debugDescription) (sequential, concurrent, concurrent_C, contention)"
+                        "unknown scenario \(item.debugDescription) (roundtrip, sequential, concurrent, concurrent_C, contention)"
                     )
                 }
                 result.append(.concurrent(tasks))

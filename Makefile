@@ -6,10 +6,12 @@ SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_ARGS    ?=
 # Tests under ThreadSanitizer: the ones that exercise the connection and the lock concurrently.
 TSAN_FILTER  ?= ConnectionTests|RedlockIntegrationTests|ScopedLockTests|Redlock over mock nodes
+# How long `make soak` runs scenario 12 (redlock clients contending while servers crash and hang), in seconds.
+DURATION     ?= 600
 # Where test runs keep their redis-server directories (pidfiles, logs); made fresh for each run.
 TMPROOT      ?= /tmp
 
-.PHONY: all deps build test test-only lint format tsan demo clean bench verify
+.PHONY: all deps build test test-only lint format tsan demo clean bench verify soak
 
 all: build
 
@@ -65,6 +67,12 @@ demo: deps
 ## ratios (medians over ROUNDS rounds, default 3), e.g. make bench ROUNDS=5; see .ci/bench
 bench: deps
 	@ROUNDS="$(ROUNDS)" SWIFT="$(SWIFT)" TMPROOT="$(TMPROOT)" .ci/bench
+
+## soak: scenario 12 for DURATION seconds (make soak DURATION=3600); prints progress and a final count
+soak: deps
+	@root=$$(mktemp -d $(TMPROOT)/multiredlock-soak.XXXXXX); \
+	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
+	MULTIREDLOCK_TEST_DIR="$$root" MULTIREDLOCK_SOAK_SECONDS="$(DURATION)" $(SWIFT) test --filter SoakTests
 
 ## verify: model-check the fencing-token protocol with spin (Tests/Model/fencing.pml); the broken
 ## variant without write-back must produce a counterexample

@@ -262,7 +262,18 @@ public final class Redlock: Sendable {
                     metrics.failed(error.kind)
                     throw error
                 }
-                _ = await releaseOnce(keys, value: value, until: expiry, options: options)
+                // Wait for the release on the nodes that answered the attempt; a node that timed out
+                // (hung) is released in the background and would only delay the retry.
+                let answeredInTime = error.nodes.map { evidence in
+                    switch evidence.outcome {
+                    case .pending: false
+                    case .failed(let failure): failure.kind != .timeout
+                    default: true
+                    }
+                }
+                _ = await releaseOnce(
+                    keys, value: value, until: expiry, options: options,
+                    waitingFor: answeredInTime.count == nodes.count ? answeredInTime : nil)
                 if wait > .zero { try await Task.sleep(for: wait) }
                 try Task.checkCancellation()
             }
@@ -279,7 +290,7 @@ public final class Redlock: Sendable {
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
         let counters = options.fencingTokens ? FencingCounters(count: nodes.count) : nil
-        var tally = await fanOut(waitForAll: false, cancellable: true) { index, node, done in
+        var tally = await fanOut(cancellable: true) { index, node, done in
             if let counters {
                 node.acquireFenced(
                     key: keys[0], counterKey: Lock.fencingKey(for: keys[0]), value: value, ttl: ttl,
@@ -298,7 +309,7 @@ public final class Redlock: Sendable {
             // Take max + 1 over the granting majority, and write it back to a majority before the lock
             // is returned: majorities intersect, so the next grant reads at least this token.
             let token = counters.max(over: tally.grantedIndices) + 1
-            let writeBack = await fanOut(waitForAll: false, cancellable: true) { _, node, done in
+            let writeBack = await fanOut(cancellable: true) { _, node, done in
                 node.raiseFence(
                     key: keys[0], counterKey: Lock.fencingKey(for: keys[0]), value: value, token: token,
                     timeout: timeout, completion: done)
@@ -376,7 +387,7 @@ public final class Redlock: Sendable {
         metrics.attempts.increment()
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
-        let tally = await fanOut(waitForAll: false) { _, node, done in
+        let tally = await fanOut { _, node, done in
             node.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: done)
         }
         let now = ContinuousClock.now
@@ -473,19 +484,22 @@ public final class Redlock: Sendable {
     /// connection, error) are retried in the background, with a doubling delay, until `expiry`:
     /// past it the key has expired on its own.
     private func releaseOnce(
-        _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions
+        _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions,
+        waitingFor awaited: [Bool]? = nil
     ) async -> QuorumTally {
         let timeout = options.nodeTimeout
-        let tally = await fanOut(waitForAll: true) { _, node, done in
+        let nodes = nodes
+        let retryFailed: @Sendable (QuorumTally) -> Void = { [weak self] tally in
+            let failed = tally.outcomes.indices.filter {
+                if case .failed = tally.outcomes[$0] { true } else { false }
+            }
+            self?.retryRelease(
+                failed.map { nodes[$0] }, keys, value, expiry, timeout, delay: .milliseconds(50))
+        }
+        let awaited = awaited ?? Array(repeating: true, count: nodes.count)
+        return await fanOut(until: .answered(awaited), whenAllAnswered: retryFailed) { _, node, done in
             node.release(keys: keys, value: value, timeout: timeout, completion: done)
         }
-        let failed = tally.outcomes.indices.filter {
-            if case .failed = tally.outcomes[$0] { true } else { false }
-        }
-        if !failed.isEmpty {
-            retryRelease(failed.map { nodes[$0] }, keys, value, expiry, timeout, delay: .milliseconds(50))
-        }
-        return tally
     }
 
     private func retryRelease(
@@ -577,15 +591,17 @@ public final class Redlock: Sendable {
     }
 
     /// Runs `operation` on every node at once and returns when the outcome is certain (or, with
-    /// `waitForAll`, when every node has answered). A cancellable fan-out returns at once when its
+    /// `.answered`, when the nodes waited for have answered); `whenAllAnswered` runs once every
+    /// node has. A cancellable fan-out returns at once when its
     /// task is cancelled, with the answers so far (undecided); a release is never cut short.
     private func fanOut(
-        waitForAll: Bool,
+        until: FanOutRound.Until = .settled,
         cancellable: Bool = false,
+        whenAllAnswered: (@Sendable (QuorumTally) -> Void)? = nil,
         _ operation:
             @escaping @Sendable (Int, any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
     ) async -> QuorumTally {
-        let round = FanOutRound(nodeCount: nodes.count, waitForAll: waitForAll)
+        let round = FanOutRound(nodeCount: nodes.count, until: until, whenAllAnswered: whenAllAnswered)
         let nodes = nodes
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
@@ -637,10 +653,19 @@ private final class FencingCounters: Sendable {
 
 /// One fan-out in progress: the tally behind a lock, and the one-shot completion.
 private final class FanOutRound: Sendable {
+    /// When the awaited part of a round is over.
+    enum Until: Sendable {
+        /// The quorum's outcome and its kind are final (see ``QuorumTally/isSettled``).
+        case settled
+        /// Every node marked true has answered (the others may still answer later).
+        case answered([Bool])
+    }
+
     private struct State {
         var tally: QuorumTally
         var completion: (@Sendable (QuorumTally) -> Void)?
         var finished = false
+        var whenAllAnswered: (@Sendable (QuorumTally) -> Void)?
 
         /// Marks the round finished; returns the completion to call, if it was set.
         mutating func finish() -> (QuorumTally, @Sendable (QuorumTally) -> Void)? {
@@ -651,11 +676,11 @@ private final class FanOutRound: Sendable {
     }
 
     private let state: Mutex<State>
-    private let waitForAll: Bool
+    private let until: Until
 
-    init(nodeCount: Int, waitForAll: Bool) {
-        state = Mutex(State(tally: QuorumTally(nodeCount: nodeCount)))
-        self.waitForAll = waitForAll
+    init(nodeCount: Int, until: Until, whenAllAnswered: (@Sendable (QuorumTally) -> Void)? = nil) {
+        state = Mutex(State(tally: QuorumTally(nodeCount: nodeCount), whenAllAnswered: whenAllAnswered))
+        self.until = until
     }
 
     /// Sets the completion; it runs at once if the round already finished early.
@@ -669,15 +694,27 @@ private final class FanOutRound: Sendable {
     }
 
     func record(_ result: NodeResult, at index: Int) {
+        var allAnswered: (QuorumTally, @Sendable (QuorumTally) -> Void)?
         let finished: (QuorumTally, @Sendable (QuorumTally) -> Void)? = state.withLock { state in
             state.tally.record(result, at: index)
+            if state.tally.answered == state.tally.total, let callback = state.whenAllAnswered {
+                state.whenAllAnswered = nil
+                allAnswered = (state.tally, callback)
+            }
             guard !state.finished else { return nil }
             let done =
-                waitForAll ? state.tally.answered == state.tally.total : state.tally.isSettled
+                switch until {
+                case .settled: state.tally.isSettled
+                case .answered(let awaited):
+                    state.tally.outcomes.indices.allSatisfy {
+                        !awaited[$0] || state.tally.outcomes[$0] != .pending
+                    }
+                }
             guard done else { return nil }
             return state.finish()
         }
         if let (tally, completion) = finished { completion(tally) }
+        if let (tally, callback) = allAnswered { callback(tally) }
     }
 
     /// Completes now with the answers so far (the task was cancelled).

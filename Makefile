@@ -8,10 +8,13 @@ TEST_ARGS    ?=
 TSAN_FILTER  ?= ConnectionTests|RedlockIntegrationTests|ScopedLockTests|Redlock over mock nodes
 # How long `make soak` runs scenario 12 (redlock clients contending while servers crash and hang), in seconds.
 DURATION     ?= 600
+# Left out under ThreadSanitizer: under its slowdown a connection now and then gets no event and waits
+# for its connect timeout (see the closing note of the Foundation issue); the test runs in `make test`.
+TSAN_SKIP    ?= concurrentConnectCloseCyclesNeverLoseEvents
 # Where test runs keep their redis-server directories (pidfiles, logs); made fresh for each run.
 TMPROOT      ?= /tmp
 
-.PHONY: all deps build test test-only lint format tsan demo clean bench verify soak
+.PHONY: all deps build test test-only lint format tsan asan demo clean bench verify soak
 
 all: build
 
@@ -46,7 +49,15 @@ tsan: deps
 	@root=$$(mktemp -d $(TMPROOT)/multiredlock-tsan.XXXXXX); \
 	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
 	MULTIREDLOCK_TEST_DIR="$$root" $(SWIFT) test --scratch-path .build-tsan --sanitize=thread \
-		--filter '$(TSAN_FILTER)'
+		--filter '$(TSAN_FILTER)' --skip '$(TSAN_SKIP)'
+
+## asan: the whole suite under AddressSanitizer (own build folder). Leak checking is off: it reports
+## XCTest's own allocations and objects still alive when a child process exits.
+asan: deps
+	@root=$$(mktemp -d $(TMPROOT)/multiredlock-asan.XXXXXX); \
+	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
+	ASAN_OPTIONS=detect_leaks=0 MULTIREDLOCK_TEST_DIR="$$root" \
+		$(SWIFT) test --scratch-path .build-asan --sanitize=address
 
 ## lint: swift format in strict mode, as configured in .swift-format
 lint:
@@ -92,4 +103,4 @@ verify:
 	echo "verify: 2 passed, 0 failed"
 
 clean:
-	rm -rf .build .build-tsan
+	rm -rf .build .build-tsan .build-asan

@@ -570,7 +570,8 @@ struct RedlockUnitTests {
         #expect(error.kind == .quorumUnavailable)
         #expect(error.attempts == retries + 1)
         #expect(elapsed >= timeout * (retries + 1), "took \(elapsed)")
-        #expect(elapsed < timeout * (retries + 1) + .milliseconds(800), "took \(elapsed)")
+        // The margin covers a loaded machine and sanitizer builds; the lower bound above is exact.
+        #expect(elapsed < timeout * (retries + 1) + .milliseconds(1_500), "took \(elapsed)")
         let value = acquiredValues(nodes[0], "r").first
         let released = await pollUntil { allAttemptsReleased(nodes, "r", value ?? "") }
         #expect(released, "a release on every node, the hung ones too")

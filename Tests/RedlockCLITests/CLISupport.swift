@@ -207,7 +207,8 @@ struct Outcome: CustomStringConvertible {
 /// then `extra`.
 func redlockEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
     var environment: [String: String] = [:]
-    for name in ["PATH", "HOME", "LANG", "TMPDIR"] {
+    // ASAN_OPTIONS and TSAN_OPTIONS too, so a sanitizer build of `redlock` runs as the tests do.
+    for name in ["PATH", "HOME", "LANG", "TMPDIR", "ASAN_OPTIONS", "TSAN_OPTIONS"] {
         if let value = ProcessInfo.processInfo.environment[name] { environment[name] = value }
     }
     environment["PATH"] = environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"

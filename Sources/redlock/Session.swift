@@ -151,10 +151,7 @@ struct Session: Sendable {
             let attemptStart = ContinuousClock.now
             do {
                 let lock = try await redlock.lock(resource, ttl: settings.ttl)
-                let result = Lock(
-                    resource: lock.resource, value: lock.value, validity: lock.validity, ttl: lock.ttl,
-                    validUntil: lock.validUntil, attempts: attempt, nodes: lock.nodes,
-                    fencingToken: lock.fencingToken)
+                let result = lock.counting(attempts: attempt)
                 note(
                     "acquire \(JSON.quoted(resource)) attempt \(attempt): granted by \(lock.nodes.count)"
                         + " of \(redlock.nodes.count) in \(attemptStart.duration(to: .now).millisecondsText),"

@@ -57,7 +57,7 @@ asan: deps
 	@root=$$(mktemp -d $(TMPROOT)/multiredlock-asan.XXXXXX); \
 	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
 	ASAN_OPTIONS=detect_leaks=0 MULTIREDLOCK_TEST_DIR="$$root" \
-		$(SWIFT) test --scratch-path .build-asan --sanitize=address
+		$(SWIFT) test --scratch-path .build-asan --sanitize=address -Xswiftc -use-ld=lld
 
 ## lint: swift format in strict mode, as configured in .swift-format
 lint:

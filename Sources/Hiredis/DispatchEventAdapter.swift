@@ -71,7 +71,11 @@ final class DispatchEventAdapter: @unchecked Sendable {
         queue: DispatchQueue
     ) -> DispatchEventAdapter? {
         guard context.pointee.ev.data == nil else { return nil }
-        let fd = dup(context.pointee.c.fd)
+        // Close-on-exec, both hiredis's socket and the duplicate: a child process the application
+        // spawns must not inherit them (it would keep the connection open after we close it).
+        let hiredisFD = context.pointee.c.fd
+        _ = fcntl(hiredisFD, F_SETFD, fcntl(hiredisFD, F_GETFD) | FD_CLOEXEC)
+        let fd = fcntl(hiredisFD, F_DUPFD_CLOEXEC, 0)
         guard fd >= 0 else { return nil }
         let adapter = DispatchEventAdapter(context: context, queue: queue, fd: fd)
         context.pointee.ev.data = Unmanaged.passUnretained(adapter).toOpaque()

@@ -525,6 +525,27 @@ struct ConnectionTests {
         #expect(await eventually(within: .seconds(5)) { (try? await server.connectedClients()) == 1 })
     }
 
+    /// The connection's sockets are close-on-exec: a child process spawned while it is open (here with
+    /// no file actions, so it keeps every descriptor that lacks the flag) does not hold the TCP
+    /// connection open after `close()`.
+    @Test func childProcessesDoNotInheritTheConnection() async throws {
+        let server = try await startServer()
+        defer { stopInBackground(server) }
+        let connection = try RedisConnection(server: server.address())
+        #expect(await connection.result(of: ["PING"], within: .seconds(5)) == .success(.status("PONG")))
+        let child = try spawnInheritingEverything("/bin/sleep", "5")
+        defer {
+            _ = kill(child, SIGKILL)
+            var status: Int32 = 0
+            _ = waitpid(child, &status, 0)
+        }
+        #expect(await connection.closed())
+        let gone = await eventually(within: .seconds(3)) { (try? await server.connectedClients()) == 1 }
+        // The child was alive the whole time, so it is not its exit that closed the socket.
+        #expect(kill(child, 0) == 0, "the child is still running")
+        #expect(gone, "the server still sees the connection: the child inherited its socket")
+    }
+
     /// Connections opened and closed from several tasks at once: a descriptor that one connection
     /// frees is at once reused by another's socket, and that socket must still get its events.
     @Test func concurrentConnectCloseCyclesNeverLoseEvents() async throws {

@@ -121,6 +121,17 @@ func socketsConnected(toPort port: Int) -> Int {
     return count
 }
 
+/// Starts `path` with posix_spawn and no file actions, so that the child inherits every descriptor
+/// of this process that is not close-on-exec. Returns its pid; the caller kills and reaps it.
+func spawnInheritingEverything(_ path: String, _ arguments: String...) throws -> pid_t {
+    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+    defer { for pointer in argv { free(pointer) } }
+    var pid: pid_t = 0
+    let status = posix_spawn(&pid, path, nil, nil, argv, environ)
+    try #require(status == 0, "posix_spawn \(path): \(status)")
+    return pid
+}
+
 // MARK: - Waiting
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.

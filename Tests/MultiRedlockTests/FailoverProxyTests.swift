@@ -18,7 +18,9 @@ extension Failover {
             await #expect(throws: (any Error).self) {
                 try await Fault.command(proxy.port, ["SET", "k", "w"], timeout: .milliseconds(300))
             }
-            #expect(proxy.counters.dropped > 0)
+            try await Fault.waitUntil(timeout: .seconds(2), "the proxy dropped the reply") {
+                proxy.counters.dropped > 0
+            }
             // The write went through although its reply was dropped.
             #expect(try await Fault.get(group[0], "k") == "w")
             proxy.dropReplies = false
@@ -51,7 +53,11 @@ extension Failover {
             try await Fault.waitUntil(timeout: .seconds(2), "the SET landed behind the proxy") {
                 try await Fault.get(group[0], resource) == lock.value
             }
-            #expect(proxy.counters.dropped > 0)
+            // The server answered and the proxy dropped that answer (the quorum may decide before the
+            // answer reaches the proxy, so wait for it rather than read the counter once).
+            try await Fault.waitUntil(timeout: .seconds(2), "the proxy dropped the SET's reply") {
+                proxy.counters.dropped > 0
+            }
             // Release once the SET has timed out (a release sent right behind it on the same connection
             // would reach the server too, and delete the key at once).
             try await Task.sleep(for: .milliseconds(400))
@@ -118,7 +124,9 @@ extension Failover {
             let landed0 = try await Fault.get(group[0], resource)
             let landed1 = try await Fault.get(group[1], resource)
             #expect(landed0 != nil && landed1 != nil, "the writes went through")
-            #expect(proxies.allSatisfy { $0.counters.dropped > 0 })
+            try await Fault.waitUntil(timeout: .seconds(2), "both proxies dropped a reply") {
+                proxies.allSatisfy { $0.counters.dropped > 0 }
+            }
             try await Fault.waitUntil(timeout: .seconds(3), "the healthy node released") {
                 try await Fault.exists(group[2], resource) == false
             }

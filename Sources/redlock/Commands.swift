@@ -27,6 +27,8 @@ struct RedlockCommand: AsyncParsableCommand {
               1      renew, release: the lock is not held (expired, released, another's)
               64     usage error: bad option, malformed address, ttl not above the drift
               69     not enough servers answered (down, hung, wrong password)
+              70     an error the tool did not expect (a bug: please report it)
+              71     too few free file descriptors to start (raise ulimit -n)
               75     the resource is held by someone else (after the retries or --wait)
               124    run: the lock was lost while COMMAND ran; COMMAND was terminated
               126    run: COMMAND cannot be run (not executable)

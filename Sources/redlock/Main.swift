@@ -13,6 +13,15 @@ import Dispatch
 @main
 enum RedlockMain {
     static func main() {
+        // Dispatch cannot work without a few descriptors of its own (with none it traps, with too
+        // few its timers never fire and the tool would hang): check before anything uses it.
+        let free = Startup.freeDescriptors(upTo: Startup.neededDescriptors)
+        if free < Startup.neededDescriptors {
+            Output.stderrRaw(
+                "redlock: too few free file descriptors (\(free), needs \(Startup.neededDescriptors)): "
+                    + "raise the limit (ulimit -n) or close some\n")
+            exit(ExitStatus.osError)
+        }
         _ = Startup.descriptors
         SignalCenter.shared.start()
         Task.detached {
@@ -108,6 +117,22 @@ enum SendableCommand: Sendable {
 }
 
 enum Startup {
+    /// Dispatch's own (epoll, eventfd, timers), two per server connection, the signal thread's, and
+    /// some room; a larger server list fails later with a typed error that says so.
+    static let neededDescriptors = 16
+
+    /// How many more descriptors this process can open, counting up to `limit`.
+    static func freeDescriptors(upTo limit: Int) -> Int {
+        var opened: [Int32] = []
+        defer { for descriptor in opened { close(descriptor) } }
+        while opened.count < limit {
+            let descriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            guard descriptor >= 0 else { break }
+            opened.append(descriptor)
+        }
+        return opened.count
+    }
+
     /// The descriptors open when the tool started, which COMMAND inherits.
     static let descriptors = Child.openDescriptors()
 }

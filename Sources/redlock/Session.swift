@@ -13,6 +13,8 @@ enum ExitStatus {
     static let unavailable: Int32 = 69
     /// EX_SOFTWARE: an error the tool did not expect.
     static let software: Int32 = 70
+    /// EX_OSERR: the system cannot give the tool what it needs (too few free file descriptors).
+    static let osError: Int32 = 71
     /// EX_TEMPFAIL: the resource is held by someone else.
     static let taken: Int32 = 75
     /// As timeout(1): the lock was lost while COMMAND ran.

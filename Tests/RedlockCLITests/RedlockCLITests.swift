@@ -173,6 +173,25 @@ struct RedlockCLITests {
         #expect((try second.json()["attempts"] as? Int ?? 0) > 1, "\(second)")
     }
 
+    /// With almost no free descriptors Dispatch traps or its timers never fire: the tool checks first
+    /// and exits 71 (EX_OSERR) with a message instead of crashing or hanging.
+    @Test func tooFewFileDescriptorsExits71() async throws {
+        let servers = try await Servers.start(count: 1)
+        defer { servers.stopNow() }
+        for limit in [5, 12] {
+            let shell = try Subprocess(
+                "/bin/sh",
+                [
+                    "-c", "ulimit -n \(limit) && exec \"$0\" \"$@\"", try RedlockBinary.require(),
+                    "--servers", servers.list, "acquire", "fd-starved",
+                ], environment: redlockEnvironment())
+            let status = await shell.wait(timeout: .seconds(30))
+            #expect(status == 71, "ulimit -n \(limit): \(status as Any) \(shell.stderr)")
+            #expect(shell.stderr.contains("too few free file descriptors"), "\(shell.stderr)")
+        }
+        #expect(try await servers.values(of: "fd-starved") == [nil], "nothing was locked")
+    }
+
     @Test func allServersDownExits69WithinTheNodeTimeouts() async throws {
         let servers = try await Servers.start()
         defer { servers.stopNow() }

@@ -52,6 +52,10 @@ public final class Redlock: Sendable {
         var quorumUp = false
         var closed = false
         var handlers: [RedlockEvent: [@Sendable () -> Void]] = [:]
+        /// Per node: the failed releases that are retried as soon as the node reconnects (each also
+        /// has a timer; whichever comes first takes the entry out).
+        var releaseRetries: [[UInt64: @Sendable () -> Void]]
+        var nextRetryID: UInt64 = 0
     }
 
     /// Connects to the given Redis masters (without waiting for them).
@@ -112,7 +116,10 @@ public final class Redlock: Sendable {
         self.names = names
         self.ioQueue = ioQueue
         quorum = nodes.count / 2 + 1
-        state = Mutex(State(options: options, nodeUp: Array(repeating: false, count: nodes.count)))
+        state = Mutex(
+            State(
+                options: options, nodeUp: Array(repeating: false, count: nodes.count),
+                releaseRetries: Array(repeating: [:], count: nodes.count)))
         metrics = RedlockMetrics()
         for (index, node) in nodes.enumerated() {
             node.observeConnection { [weak self] up in self?.node(index, isUp: up) }
@@ -158,16 +165,25 @@ public final class Redlock: Sendable {
     }
 
     private func node(_ index: Int, isUp: Bool) {
-        state.withLock { state in
-            guard state.nodeUp[index] != isUp else { return }
+        let retries: [@Sendable () -> Void] = state.withLock { state in
+            guard state.nodeUp[index] != isUp else { return [] }
             state.nodeUp[index] = isUp
+            // A node that is back gets its failed releases now, not when their timers fire.
+            var retries: [@Sendable () -> Void] = []
+            if isUp {
+                retries = Array(state.releaseRetries[index].values)
+                state.releaseRetries[index] = [:]
+            }
             let quorumUp = state.nodeUp.count { $0 } >= quorum
-            guard quorumUp != state.quorumUp else { return }
+            guard quorumUp != state.quorumUp else { return retries }
             state.quorumUp = quorumUp
             // Dispatched while holding the state lock, so events keep the order of transitions.
             let handlers = state.handlers[quorumUp ? .connect : .disconnect] ?? []
             events.async { for handler in handlers { handler() } }
+            return retries
         }
+        // Not inside the connection's state callback: each retry sends a command.
+        if !retries.isEmpty { Task { for retry in retries { retry() } } }
     }
 
     // MARK: Lock
@@ -426,9 +442,9 @@ public final class Redlock: Sendable {
 
     /// Releases a lock, best effort, and returns at once (seed: `unlock`).
     ///
-    /// A compare-and-delete goes to every node; nodes that fail are retried in the background until
-    /// the lock would have expired anyway. Bad input is ignored (and logged at debug level): use
-    /// ``release(_:)`` to learn the outcome.
+    /// A compare-and-delete goes to every node; nodes that fail are retried in the background (as soon
+    /// as they reconnect, else after a doubling delay) until the lock would have expired anyway. Bad
+    /// input is ignored (and logged at debug level): use ``release(_:)`` to learn the outcome.
     public func unlock(_ resource: String, value: String) {
         let options = self.options
         guard !resource.isEmpty, !value.isEmpty, !isClosed else {
@@ -481,20 +497,18 @@ public final class Redlock: Sendable {
     }
 
     /// Compare-and-delete on every node, waiting for all answers. Nodes that failed (timeout, no
-    /// connection, error) are retried in the background, with a doubling delay, until `expiry`:
-    /// past it the key has expired on its own.
+    /// connection, error) are retried in the background until `expiry` (past it the key has expired
+    /// on its own): as soon as the node reconnects, or after a doubling delay, whichever is first.
     private func releaseOnce(
         _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions,
         waitingFor awaited: [Bool]? = nil
     ) async -> QuorumTally {
         let timeout = options.nodeTimeout
-        let nodes = nodes
         let retryFailed: @Sendable (QuorumTally) -> Void = { [weak self] tally in
-            let failed = tally.outcomes.indices.filter {
-                if case .failed = tally.outcomes[$0] { true } else { false }
+            for index in tally.outcomes.indices {
+                guard case .failed = tally.outcomes[index] else { continue }
+                self?.retryRelease(on: index, keys, value, expiry, timeout, delay: .milliseconds(50))
             }
-            self?.retryRelease(
-                failed.map { nodes[$0] }, keys, value, expiry, timeout, delay: .milliseconds(50))
         }
         let awaited = awaited ?? Array(repeating: true, count: nodes.count)
         return await fanOut(until: .answered(awaited), whenAllAnswered: retryFailed) { _, node, done in
@@ -502,24 +516,32 @@ public final class Redlock: Sendable {
         }
     }
 
+    /// Retries a failed release on node `index` once it reconnects or after `delay`, whichever comes
+    /// first; a retry that fails again schedules the next with twice the delay (at most 2 s). Stops
+    /// at `expiry`, when the key has expired anyway, and when the Redlock is closed.
     private func retryRelease(
-        _ pending: [any RedlockNode], _ keys: [String], _ value: String, _ expiry: ContinuousClock.Instant,
+        on index: Int, _ keys: [String], _ value: String, _ expiry: ContinuousClock.Instant,
         _ timeout: Duration, delay: Duration
     ) {
-        guard !pending.isEmpty, ContinuousClock.now + delay < expiry else { return }
-        Task { [weak self] in
-            try? await Task.sleep(for: delay)
-            guard let self, !self.isClosed else { return }
-            var stillFailing: [any RedlockNode] = []
-            for node in pending {
-                let result = await withCheckedContinuation { continuation in
-                    node.release(keys: keys, value: value, timeout: timeout) {
-                        continuation.resume(returning: $0)
-                    }
-                }
-                if case .failed = result { stillFailing.append(node) }
+        guard !isClosed, ContinuousClock.now < expiry else { return }
+        let attempt: @Sendable () -> Void = { [weak self] in
+            guard let self, !self.isClosed, ContinuousClock.now < expiry else { return }
+            self.nodes[index].release(keys: keys, value: value, timeout: timeout) { [weak self] result in
+                guard case .failed = result else { return }
+                self?.retryRelease(
+                    on: index, keys, value, expiry, timeout, delay: min(delay * 2, .seconds(2)))
             }
-            self.retryRelease(stillFailing, keys, value, expiry, timeout, delay: min(delay * 2, .seconds(2)))
+        }
+        let id = state.withLock { state in
+            state.nextRetryID &+= 1
+            state.releaseRetries[index][state.nextRetryID] = attempt
+            return state.nextRetryID
+        }
+        Task { [weak self] in
+            try? await Task.sleep(for: min(delay, expiry - .now))
+            // Runs the retry unless the node's reconnect took it first.
+            let retry = self?.state.withLock { $0.releaseRetries[index].removeValue(forKey: id) }
+            retry?()
         }
     }
 

@@ -536,6 +536,28 @@ struct RedlockUnitTests {
         #expect(error?.kind == .notHeld)
     }
 
+    @Test("a release that failed on a disconnected node is retried as soon as the node reconnects")
+    func releaseRetriedOnReconnect() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: testOptions())
+        let lock = try await redlock.lock("r", ttl: .seconds(60))
+        nodes[0].setConnected(false)
+        #expect(try await redlock.release(lock) == 2)
+        #expect(nodes[0].value(of: "r") == lock.value, "unreachable: its key stays for now")
+        // Down for 3.3 s: the background retries (at 0.05, 0.15, 0.35, 0.75, 1.55 and 3.15 s after the
+        // release) all failed, and the next timer fires at 5.15 s, 1.85 s after the reconnect.
+        try await Task.sleep(for: .milliseconds(3300))
+        let failedRetries = nodes[0].calls.count { $0 == .release(key: "r", value: lock.value) } - 1
+        #expect(failedRetries >= 3, "retried in the background while down: \(failedRetries)")
+        #expect(nodes[0].value(of: "r") == lock.value)
+        let reconnected = ContinuousClock.now
+        nodes[0].setConnected(true)
+        #expect(await pollUntil(within: .seconds(5)) { nodes[0].value(of: "r") == nil })
+        let took = ContinuousClock.now - reconnected
+        #expect(took < .seconds(1), "released \(took) after the reconnect, not at the next timer")
+        await redlock.close()
+    }
+
     // MARK: Hung nodes
 
     @Test("one hung node of three does not delay the lock")

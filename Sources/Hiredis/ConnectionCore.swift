@@ -210,9 +210,13 @@ final class ConnectionCore: @unchecked Sendable {
             connectFailed(error(.connectFailed, reason))
             return
         }
-        guard let adapter = DispatchEventAdapter.attach(to: context, queue: queue) else {
+        let adapter: DispatchEventAdapter
+        switch DispatchEventAdapter.attach(to: context, queue: queue) {
+        case .success(let attached):
+            adapter = attached
+        case .failure(let failure):
             redisAsyncFree(context)
-            connectFailed(error(.connectFailed, "the hiredis context already had an event adapter"))
+            connectFailed(error(.connectFailed, failure.message))
             return
         }
         context.pointee.data = Unmanaged.passUnretained(self).toOpaque()

@@ -37,25 +37,37 @@ final class DispatchEventAdapter: @unchecked Sendable {
     /// Set by hiredis's cleanup hook: hiredis is freeing, or has freed, the context.
     private(set) var contextFreed = false
 
-    /// Left by each source's cancel handler; once both have left, the duplicate descriptor is closed.
+    /// Left by each source's cancel handler, once it has closed its descriptor.
     private let released = DispatchGroup()
 
-    /// The sources watch a duplicate of hiredis's descriptor, closed only once libdispatch has
-    /// unregistered both sources. hiredis closes its own descriptor when it frees the context, and
-    /// libdispatch on Linux unregisters cancelled sources later, asynchronously: watching hiredis's
-    /// descriptor directly, a new connection that got the same number attached its sources to the
-    /// stale registration and never heard of its socket again.
-    private init(context: UnsafeMutablePointer<redisAsyncContext>, queue: DispatchQueue, fd: Int32) {
+    /// Each source watches a duplicate of hiredis's descriptor of its own, closed by its cancel
+    /// handler, that is once libdispatch has unregistered it. Two reasons:
+    /// - hiredis closes its own descriptor when it frees the context, and libdispatch on Linux
+    ///   unregisters cancelled sources later, asynchronously: watching hiredis's descriptor directly,
+    ///   a new connection that got the same number attached its sources to the stale registration and
+    ///   never heard of its socket again.
+    /// - libdispatch's epoll backend keeps one registration per descriptor number for a read and a
+    ///   write source, re-armed one-shot for both; with the write source suspended and resumed
+    ///   around each flush, that shared state is where the rare lost wake-ups were seen. With a
+    ///   number each, the two sources never share a registration.
+    private init(
+        context: UnsafeMutablePointer<redisAsyncContext>, queue: DispatchQueue, readFD: Int32, writeFD: Int32
+    ) {
         self.context = context
         self.queue = queue
-        readSource = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-        writeSource = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: queue)
+        readSource = DispatchSource.makeReadSource(fileDescriptor: readFD, queue: queue)
+        writeSource = DispatchSource.makeWriteSource(fileDescriptor: writeFD, queue: queue)
         released.enter()
         released.enter()
         let released = released
-        readSource.setCancelHandler { released.leave() }
-        writeSource.setCancelHandler { released.leave() }
-        released.notify(queue: queue) { _ = close(fd) }
+        readSource.setCancelHandler {
+            _ = close(readFD)
+            released.leave()
+        }
+        writeSource.setCancelHandler {
+            _ = close(writeFD)
+            released.leave()
+        }
     }
 
     /// Runs `work` on the queue once the sources are unregistered and their descriptor is closed.
@@ -63,21 +75,32 @@ final class DispatchEventAdapter: @unchecked Sendable {
         released.notify(queue: queue, execute: work)
     }
 
-    /// Installs the adapter's hooks on `context`. Returns nil when the context already has an
-    /// adapter. The caller keeps the adapter alive until hiredis has freed the context
-    /// (`contextFreed`); hiredis itself holds only an unretained pointer to it.
+    /// Installs the adapter's hooks on `context`. Fails when the context already has an adapter or
+    /// its descriptor cannot be duplicated (the message says which). The caller keeps the adapter
+    /// alive until hiredis has freed the context (`contextFreed`); hiredis itself holds only an
+    /// unretained pointer to it.
     static func attach(
         to context: UnsafeMutablePointer<redisAsyncContext>,
         queue: DispatchQueue
-    ) -> DispatchEventAdapter? {
-        guard context.pointee.ev.data == nil else { return nil }
-        // Close-on-exec, both hiredis's socket and the duplicate: a child process the application
+    ) -> Result<DispatchEventAdapter, AttachFailure> {
+        guard context.pointee.ev.data == nil else {
+            return .failure(AttachFailure(message: "the hiredis context already had an event adapter"))
+        }
+        // Close-on-exec, hiredis's socket and the duplicates: a child process the application
         // spawns must not inherit them (it would keep the connection open after we close it).
         let hiredisFD = context.pointee.c.fd
         _ = fcntl(hiredisFD, F_SETFD, fcntl(hiredisFD, F_GETFD) | FD_CLOEXEC)
-        let fd = fcntl(hiredisFD, F_DUPFD_CLOEXEC, 0)
-        guard fd >= 0 else { return nil }
-        let adapter = DispatchEventAdapter(context: context, queue: queue, fd: fd)
+        let readFD = fcntl(hiredisFD, F_DUPFD_CLOEXEC, 0)
+        let readErrno = errno
+        let writeFD = readFD >= 0 ? fcntl(hiredisFD, F_DUPFD_CLOEXEC, 0) : -1
+        guard readFD >= 0, writeFD >= 0 else {
+            let code = readFD < 0 ? readErrno : errno
+            if readFD >= 0 { _ = close(readFD) }
+            return .failure(
+                AttachFailure(
+                    message: "cannot duplicate the socket's descriptor: \(String(cString: strerror(code)))"))
+        }
+        let adapter = DispatchEventAdapter(context: context, queue: queue, readFD: readFD, writeFD: writeFD)
         context.pointee.ev.data = Unmanaged.passUnretained(adapter).toOpaque()
         context.pointee.ev.addRead = { adapterFrom($0)?.addRead() }
         context.pointee.ev.delRead = { adapterFrom($0)?.delRead() }
@@ -91,7 +114,11 @@ final class DispatchEventAdapter: @unchecked Sendable {
         // source must be registered from the start too, or a refused connect can go unreported.
         adapter.readSource.activate()
         adapter.writeSource.activate()
-        return adapter
+        return .success(adapter)
+    }
+
+    struct AttachFailure: Error {
+        let message: String
     }
 
     private func handleRead() {

@@ -36,7 +36,7 @@ let package = Package(
             ]
         ),
         // In-memory nodes for users' unit tests.
-        .target(name: "MultiRedlockTesting", dependencies: ["MultiRedlock"]),
+        .target(name: "MultiRedlockTesting", dependencies: ["MultiRedlock", "Hiredis"]),
         // Starts and controls local redis-server processes: tests, demo, benchmarks.
         .target(name: "LocalRedis"),
         .executableTarget(name: "multiredlock-demo", dependencies: ["MultiRedlock", "LocalRedis"]),

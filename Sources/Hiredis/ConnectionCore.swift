@@ -20,7 +20,7 @@ import Synchronization
 /// to free) before `close` finishes, and `close` is the last thing the owning handle does.
 // @unchecked Sendable: every stored var is read and written only on `queue`, the connection's
 // serial queue (all entry points hop onto it, or run directly when already on it);
-// `connected` is an Atomic and `serverIdentity` a Mutex, read from any thread.
+// `connected` is an Atomic and `serverIdentity` a Locked, read from any thread.
 final class ConnectionCore: @unchecked Sendable {
     typealias Completion = @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
 
@@ -41,7 +41,7 @@ final class ConnectionCore: @unchecked Sendable {
     private let timer: any DispatchSourceTimer
     private let connected = Atomic<Bool>(false)
     /// The server's run_id from the last handshake, and when a reconnect last found a different one.
-    let serverIdentity = Mutex<(runID: String?, restartDetectedAt: ContinuousClock.Instant?)>((nil, nil))
+    let serverIdentity = Locked<(runID: String?, restartDetectedAt: ContinuousClock.Instant?)>((nil, nil))
 
     private var phase = Phase.backoff
     private var context: UnsafeMutablePointer<redisAsyncContext>?

@@ -241,7 +241,7 @@ public final class RedisNode: RedlockNode {
 
 /// Holds the connection-state handler, which is set after the connection (and its observer) exist.
 private final class HandlerSlot: Sendable {
-    private let handler = Mutex<(@Sendable (Bool) -> Void)?>(nil)
+    private let handler = Locked<(@Sendable (Bool) -> Void)?>(nil)
 
     func set(_ newHandler: @escaping @Sendable (Bool) -> Void) {
         handler.withLock { $0 = newHandler }

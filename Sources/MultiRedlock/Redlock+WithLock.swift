@@ -1,11 +1,9 @@
-import Synchronization
-
 /// A lock held by ``Redlock/withLock(_:ttl:_:)``: renewed in the background while the body runs.
 public final class HeldLock: Sendable {
-    private let state: Mutex<(lock: Lock, lost: RedlockError?)>
+    private let state: Locked<(lock: Lock, lost: RedlockError?)>
 
     init(_ lock: Lock) {
-        state = Mutex((lock, nil))
+        state = Locked((lock, nil))
     }
 
     /// The lock as last granted or renewed.

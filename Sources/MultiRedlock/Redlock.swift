@@ -40,7 +40,7 @@ public final class Redlock: Sendable {
     /// The one serial queue all the nodes' connections run on, when this Redlock made them: a
     /// fan-out then costs one hop to it, however many nodes there are.
     private let ioQueue: DispatchQueue?
-    private let state: Mutex<State>
+    private let state: Locked<State>
     /// Background releases started and not finished (see ``releaseEverywhere``).
     private let releasesInFlight = Atomic<Int>(0)
     private let events = DispatchQueue(label: "multiredlock.events")
@@ -116,7 +116,7 @@ public final class Redlock: Sendable {
         self.names = names
         self.ioQueue = ioQueue
         quorum = nodes.count / 2 + 1
-        state = Mutex(
+        state = Locked(
             State(
                 options: options, nodeUp: Array(repeating: false, count: nodes.count),
                 releaseRetries: Array(repeating: [:], count: nodes.count)))
@@ -658,10 +658,10 @@ public final class Redlock: Sendable {
 
 /// The fencing counters the granting nodes answered in one fenced attempt.
 private final class FencingCounters: Sendable {
-    private let counters: Mutex<[Int64]>
+    private let counters: Locked<[Int64]>
 
     init(count: Int) {
-        counters = Mutex(Array(repeating: 0, count: count))
+        counters = Locked(Array(repeating: 0, count: count))
     }
 
     func record(_ counter: Int64, at index: Int) {
@@ -697,11 +697,11 @@ private final class FanOutRound: Sendable {
         }
     }
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let until: Until
 
     init(nodeCount: Int, until: Until, whenAllAnswered: (@Sendable (QuorumTally) -> Void)? = nil) {
-        state = Mutex(State(tally: QuorumTally(nodeCount: nodeCount), whenAllAnswered: whenAllAnswered))
+        state = Locked(State(tally: QuorumTally(nodeCount: nodeCount), whenAllAnswered: whenAllAnswered))
         self.until = until
     }
 

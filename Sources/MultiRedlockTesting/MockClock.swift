@@ -1,4 +1,4 @@
-import Synchronization
+import Hiredis
 
 /// The clock a ``MockRedlockNode`` measures key expiry on.
 ///
@@ -11,7 +11,7 @@ public final class MockClock: Sendable {
     /// Whether the clock also moves with the real `ContinuousClock`.
     public let followsSystemClock: Bool
     private let origin: ContinuousClock.Instant
-    private let offset: Mutex<Duration>
+    private let offset: Locked<Duration>
 
     /// A manual clock at zero that moves only with ``advance(by:)``.
     public convenience init() {
@@ -24,7 +24,7 @@ public final class MockClock: Sendable {
     public init(followingSystemClock: Bool) {
         followsSystemClock = followingSystemClock
         origin = ContinuousClock.now
-        offset = Mutex(.zero)
+        offset = Locked(.zero)
     }
 
     /// A new clock, at zero, that follows the real `ContinuousClock`: nodes using it expire keys in

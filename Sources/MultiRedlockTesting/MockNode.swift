@@ -1,6 +1,6 @@
 import Dispatch
+import Hiredis
 import MultiRedlock
-import Synchronization
 
 /// An in-memory ``RedlockNode`` that behaves like one Redis master, for unit tests without Redis.
 ///
@@ -129,11 +129,11 @@ public final class MockRedlockNode: RedlockNode {
     /// The clock keys expire on.
     public let clock: MockClock
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
     /// Held while telling the observer about the connection, so that reports keep their order. The
     /// observer may read the node (it is called without `state` held) but must not change its
     /// connection from within the handler.
-    private let reporting = Mutex<Void>(())
+    private let reporting = Locked<Void>(())
 
     /// A command's answer: the result, and the fencing counter for `acquireFenced`.
     private typealias Reply = (result: NodeResult, counter: Int64)
@@ -277,7 +277,7 @@ public final class MockRedlockNode: RedlockNode {
     public init(name: String, clock: MockClock = .system) {
         self.name = name
         self.clock = clock
-        state = Mutex(State())
+        state = Locked(State())
     }
 
     // MARK: Fault knobs

@@ -1,5 +1,5 @@
+import Hiredis
 import MultiRedlock
-import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -200,11 +200,11 @@ public final class MutualExclusionChecker: Sendable {
         fileprivate let index: Int
     }
 
-    private let storage: Mutex<[Hold]>
+    private let storage: Locked<[Hold]>
 
     /// A checker with the given holds already recorded (none by default).
     public init(holds: [Hold] = []) {
-        storage = Mutex(holds)
+        storage = Locked(holds)
     }
 
     // MARK: Clock

@@ -36,22 +36,36 @@ struct RedlockIntegrationTests {
         let redlock = try Self.redlock(group)
         let resource = Self.uniqueResource()
 
+        // Bounds from the time measured around each call, not fixed margins: exact on a loaded machine.
+        // validity = ttl − elapsed − drift allowance (100 ms + 1 % of the ttl).
+        let lockStarted = ContinuousClock.now
         let lock = try await redlock.lock(resource, ttl: .seconds(10))
+        let lockTook = ContinuousClock.now - lockStarted
         #expect(lock.resource == resource)
-        #expect(lock.validity > .seconds(9) && lock.validity <= .seconds(10) - .milliseconds(200))
+        let allowance10 = Duration.milliseconds(200)
+        #expect(lock.validity <= .seconds(10) - allowance10)
+        #expect(lock.validity >= .seconds(10) - allowance10 - lockTook - .milliseconds(1), "\(lockTook)")
         #expect(lock.isValid)
         for server in group.servers {
             #expect(try server.cli("GET", resource) == lock.value)
             let pttl = try #require(Int(try server.cli("PTTL", resource)))
-            #expect(pttl > 9_000 && pttl <= 10_000)
+            let since = Int(((ContinuousClock.now - lockStarted) / .milliseconds(1)).rounded(.up))
+            #expect(
+                pttl <= 10_000 && pttl >= 10_000 - since, "pttl \(pttl), \(since) ms since the lock began")
         }
 
+        let renewStarted = ContinuousClock.now
         let renewed = try await redlock.renew(resource, value: lock.value, ttl: .seconds(30))
+        let renewTook = ContinuousClock.now - renewStarted
         #expect(renewed.value == lock.value)
-        #expect(renewed.validity > .seconds(29))
+        let allowance30 = Duration.milliseconds(400)
+        #expect(renewed.validity <= .seconds(30) - allowance30)
+        #expect(renewed.validity >= .seconds(30) - allowance30 - renewTook - .milliseconds(1), "\(renewTook)")
         for server in group.servers {
             let pttl = try #require(Int(try server.cli("PTTL", resource)))
-            #expect(pttl > 29_000 && pttl <= 30_000)
+            let since = Int(((ContinuousClock.now - renewStarted) / .milliseconds(1)).rounded(.up))
+            #expect(
+                pttl <= 30_000 && pttl >= 30_000 - since, "pttl \(pttl), \(since) ms since the renewal began")
         }
 
         #expect(try await redlock.release(renewed) == 3)

@@ -24,6 +24,10 @@ import Synchronization
 ///
 /// > Note: hiredis 0.14.1 writes with `write(2)`, which raises SIGPIPE on a closed socket. The first
 /// > connection created sets SIGPIPE to ignored, unless the process already installed a handler.
+///
+/// > Note: while connected, a connection holds three file descriptors (hiredis's socket and one
+/// > duplicate each for the read and the write event source), all close-on-exec: a process the
+/// > application spawns does not inherit them.
 public final class RedisConnection: Sendable {
     /// The server this connection talks to.
     public let server: RedisServer

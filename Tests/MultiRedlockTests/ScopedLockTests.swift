@@ -137,6 +137,8 @@ struct ScopedLockTests {
             group.stopAll()
         }
         let redlock = try Self.redlock(group, Self.options(nodeTimeout: .milliseconds(100)))
+        // Connected first: under ThreadSanitizer three handshakes can outlast the 100 ms node timeout.
+        try await eventually { redlock.nodes.allSatisfy(\.isConnected) }
         let resource = RedlockIntegrationTests.uniqueResource()
         let bodyCancelled = Atomic<Bool>(false)
         let start = ContinuousClock.now

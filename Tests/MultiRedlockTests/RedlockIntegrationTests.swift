@@ -15,8 +15,19 @@ struct RedlockIntegrationTests {
         RedlockOptions(id: "it", retries: retries, retryWait: .milliseconds(20), nodeTimeout: nodeTimeout)
     }
 
-    static func redlock(_ group: RedisServerGroup, _ options: RedlockOptions = options()) throws -> Redlock {
-        try Redlock(servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }, options: options)
+    /// A Redlock on `group`, returned once every node is connected (up to 10 s): a test's first lock
+    /// then does not also wait for three handshakes, which under a sanitizer can outlast a short
+    /// ttl or node timeout.
+    static func redlock(_ group: RedisServerGroup, _ options: RedlockOptions = options()) async throws
+        -> Redlock
+    {
+        let redlock = try Redlock(
+            servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }, options: options)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !redlock.nodes.allSatisfy(\.isConnected) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return redlock
     }
 
     static func uniqueResource(_ name: String = #function) -> String {
@@ -33,7 +44,7 @@ struct RedlockIntegrationTests {
     @Test func lockRenewUnlockRoundTrip() async throws {
         let group = try RedisServerGroup.start(count: 3)
         defer { group.stopAll() }
-        let redlock = try Self.redlock(group)
+        let redlock = try await Self.redlock(group)
         let resource = Self.uniqueResource()
 
         // Bounds from the time measured around each call, not fixed margins: exact on a loaded machine.
@@ -89,7 +100,7 @@ struct RedlockIntegrationTests {
         for server in group.servers {
             _ = try server.cli("SET", resource, "someone-else", "PX", "30000")
         }
-        let redlock = try Self.redlock(group, Self.options(retries: 2))
+        let redlock = try await Self.redlock(group, Self.options(retries: 2))
         let error = try await #require(throws: RedlockError.self) {
             try await redlock.lock(resource, ttl: .seconds(5))
         }
@@ -106,7 +117,7 @@ struct RedlockIntegrationTests {
     @Test func wrongValueLeavesTheKeyAndRenewAfterExpiryFails() async throws {
         let group = try RedisServerGroup.start(count: 3)
         defer { group.stopAll() }
-        let redlock = try Self.redlock(group)
+        let redlock = try await Self.redlock(group)
         let resource = Self.uniqueResource()
         let lock = try await redlock.lock(resource, ttl: .seconds(10))
 
@@ -142,7 +153,7 @@ struct RedlockIntegrationTests {
         let group = try RedisServerGroup.start(count: 3)
         defer { group.stopAll() }
         let events = EventLog()
-        let redlock = try Self.redlock(group, Self.options(retries: 1, nodeTimeout: .milliseconds(300)))
+        let redlock = try await Self.redlock(group, Self.options(retries: 1, nodeTimeout: .milliseconds(300)))
         redlock.on(.connect) { events.append("connect") }
         redlock.on(.disconnect) { events.append("disconnect") }
         try await eventually { redlock.isConnected }
@@ -194,7 +205,7 @@ struct RedlockIntegrationTests {
     @Test func fiveNodesNeedThree() async throws {
         let group = try RedisServerGroup.start(count: 5)
         defer { group.stopAll() }
-        let redlock = try Self.redlock(group)
+        let redlock = try await Self.redlock(group)
         #expect(redlock.quorum == 3)
         #expect(group[0].kill9() && group[1].kill9())
         let lock = try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
@@ -211,7 +222,7 @@ struct RedlockIntegrationTests {
     @Test func scriptFlushIsRecoveredByEval() async throws {
         let group = try RedisServerGroup.start(count: 3)
         defer { group.stopAll() }
-        let redlock = try Self.redlock(group)
+        let redlock = try await Self.redlock(group)
         let resource = Self.uniqueResource()
         let first = try await redlock.lock(resource, ttl: .seconds(10))
         try await redlock.release(first)  // loads the release script
@@ -232,7 +243,7 @@ struct RedlockIntegrationTests {
     @Test func badInputIsRefusedBeforeAnyIO() async throws {
         let group = try RedisServerGroup.start(count: 1)
         defer { group.stopAll() }
-        let redlock = try Self.redlock(group)
+        let redlock = try await Self.redlock(group)
         for ttl in [Duration.zero, .milliseconds(-5), .milliseconds(100)] {
             let error = try await #require(throws: RedlockError.self) {
                 try await redlock.lock("r", ttl: ttl)
@@ -294,7 +305,7 @@ struct CloseReleasesFirstTests {
         defer { group.stopAll() }
         // Someone else holds "job" on nodes 1 and 2; node 3 is free, so the attempt sets it there.
         for index in 0..<2 { try group[index].cli("SET", "job", "someone-else", "PX", "60000") }
-        let redlock = try RedlockIntegrationTests.redlock(group)
+        let redlock = try await RedlockIntegrationTests.redlock(group)
         try await eventually { redlock.isConnected }
         await #expect(throws: RedlockError.self) { try await redlock.lock("job", ttl: .seconds(60)) }
         await redlock.close()
@@ -304,7 +315,7 @@ struct CloseReleasesFirstTests {
     @Test func unlockThenCloseReleases() async throws {
         let group = try RedisServerGroup.start(count: 3)
         defer { group.stopAll() }
-        let redlock = try RedlockIntegrationTests.redlock(group)
+        let redlock = try await RedlockIntegrationTests.redlock(group)
         let lock = try await redlock.lock("job", ttl: .seconds(60))
         redlock.unlock(lock.resource, value: lock.value)
         await redlock.close()

@@ -4,8 +4,9 @@ SWIFT_FORMAT ?= $(SWIFT) format
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Extra arguments for `swift test`, e.g. make test TEST_ARGS='--filter ConnectionTests'
 TEST_ARGS    ?=
-# Tests under ThreadSanitizer: the ones that exercise the connection and the lock concurrently.
-TSAN_FILTER  ?= ConnectionTests|RedlockIntegrationTests|ScopedLockTests|Redlock over mock nodes
+# Tests under ThreadSanitizer: the ones that exercise the connection and the lock concurrently
+# (swift test matches the regular expression against test identifiers: module.Type/test).
+TSAN_FILTER  ?= ConnectionTests|FaultTests|RedlockIntegrationTests|CloseReleasesFirstTests|ScopedLockTests|MultiResourceAndFencingTests|RestartedNodeTests|RedlockUnitTests|MockNodeTests
 # How long `make soak` runs scenario 12 (redlock clients contending while servers crash and hang), in seconds.
 DURATION     ?= 600
 # Tests to leave out under ThreadSanitizer (a regular expression; none by default).

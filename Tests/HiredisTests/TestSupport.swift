@@ -151,7 +151,7 @@ func eventually(
 
 /// Hands one value to one waiter, whichever comes first: the value or the waiter's deadline.
 private final class OneShot<Value: Sendable>: Sendable {
-    private let continuation = Mutex<CheckedContinuation<Value?, Never>?>(nil)
+    private let continuation = Locked<CheckedContinuation<Value?, Never>?>(nil)
 
     func install(_ waiter: CheckedContinuation<Value?, Never>) {
         continuation.withLock { $0 = waiter }
@@ -264,7 +264,7 @@ extension RedisConnectionError {
 
 /// Records every state a connection reports to its observer.
 final class StateLog: Sendable {
-    private let states = Mutex<[RedisConnectionState]>([])
+    private let states = Locked<[RedisConnectionState]>([])
 
     /// The observer to give to `RedisConnection.init`.
     var observer: @Sendable (RedisConnectionState) -> Void {
@@ -293,10 +293,10 @@ final class StateLog: Sendable {
 
 /// A value set once from a test and read from callbacks (e.g. the connection an observer closes).
 final class Box<Value: Sendable>: Sendable {
-    private let storage: Mutex<Value?>
+    private let storage: Locked<Value?>
 
     init(_ value: Value? = nil) {
-        storage = Mutex(value)
+        storage = Locked(value)
     }
 
     var value: Value? {
@@ -314,22 +314,17 @@ final class Box<Value: Sendable>: Sendable {
 }
 
 /// Collects results of completion handlers by index, and counts handlers that ran more than once.
-// @unchecked Sendable: `state` is only touched under `lock`. An NSLock (a pthread mutex) rather than
-// `Mutex`, whose futex is invisible to ThreadSanitizer and made `make tsan` report false races here.
-final class Collector<Value: Sendable>: @unchecked Sendable {
-    private struct State {
+final class Collector<Value: Sendable>: Sendable {
+    private struct State: Sendable {
         var values: [Int: Value] = [:]
         var order: [Int] = []
         var duplicates = 0
     }
 
-    private let lock = NSLock()
-    private var storage = State()
+    private let state = Locked(State())
 
     private func withLock<T>(_ body: (inout State) -> T) -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&storage)
+        state.withLock(body)
     }
 
     func record(_ index: Int, _ value: Value) {

@@ -30,7 +30,7 @@ extension Failover {
             let checker = MutualExclusionChecker()
             let grants = FaultTally<Grant>()
             let failures = FaultTally<String>()
-            let killedAt = Mutex<ContinuousClock.Instant?>(nil)
+            let killedAt = Locked<ContinuousClock.Instant?>(nil)
             let deadNode = Fault.address(group[0].port).description
 
             let loop = Task {

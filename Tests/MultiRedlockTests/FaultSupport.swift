@@ -250,7 +250,8 @@ final class TCPProxy: Sendable {
     /// The server's port.
     let targetPort: Int
     private let listener: Int32
-    private let state = Mutex<(dropReplies: Bool, stop: Bool, counters: Counters)>((false, false, Counters()))
+    private let state = Locked<(dropReplies: Bool, stop: Bool, counters: Counters)>(
+        (false, false, Counters()))
     private let finished = DispatchSemaphore(value: 0)
 
     init(targetPort: Int) throws {
@@ -410,7 +411,7 @@ struct Failover {}
 
 /// Things that happened during a scenario, recorded from any task (for the final checks and prints).
 final class FaultTally<Entry: Sendable>: Sendable {
-    private let storage = Mutex<[Entry]>([])
+    private let storage = Locked<[Entry]>([])
     func append(_ entry: Entry) { storage.withLock { $0.append(entry) } }
     var entries: [Entry] { storage.withLock { $0 } }
     var count: Int { storage.withLock { $0.count } }
@@ -418,7 +419,7 @@ final class FaultTally<Entry: Sendable>: Sendable {
 
 /// A count shared between tasks.
 final class FaultCounter: Sendable {
-    private let value = Mutex(0)
+    private let value = Locked(0)
     func increment() { value.withLock { $0 += 1 } }
     var count: Int { value.withLock { $0 } }
 }

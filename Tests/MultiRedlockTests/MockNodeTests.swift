@@ -85,7 +85,7 @@ extension MockRedlockNode {
 
 /// The answers completions received, with when they came and a note taken at that moment.
 private final class Answers: Sendable {
-    private let results = Mutex<[(result: NodeResult, time: ContinuousClock.Instant, note: String?)]>([])
+    private let results = Locked<[(result: NodeResult, time: ContinuousClock.Instant, note: String?)]>([])
 
     var all: [NodeResult] { results.withLock { $0.map(\.result) } }
     var times: [ContinuousClock.Instant] { results.withLock { $0.map(\.time) } }
@@ -99,7 +99,7 @@ private final class Answers: Sendable {
 
 /// The connection reports a node's observer received.
 private final class Reports: Sendable {
-    private let reports = Mutex<[Bool]>([])
+    private let reports = Locked<[Bool]>([])
 
     var all: [Bool] { reports.withLock { $0 } }
 

@@ -277,7 +277,7 @@ struct RedlockIntegrationTests {
 
 /// Records events from any thread.
 final class EventLog: Sendable {
-    private let storage = Mutex<[String]>([])
+    private let storage = Locked<[String]>([])
     func append(_ entry: String) { storage.withLock { $0.append(entry) } }
     var entries: [String] { storage.withLock { $0 } }
 }

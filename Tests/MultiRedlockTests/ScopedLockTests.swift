@@ -102,7 +102,7 @@ struct ScopedLockTests {
         // A generous node timeout: under ThreadSanitizer everything is several times slower.
         let redlock = try await Self.redlock(group, Self.options(nodeTimeout: .milliseconds(800)))
         let resource = RedlockIntegrationTests.uniqueResource()
-        let checks = Mutex<[String]>([])
+        let checks = Locked<[String]>([])
         let result = try await redlock.withLock(resource, ttl: .milliseconds(1200)) { held in
             // Run well past the ttl: the lock must be renewed meanwhile.
             for _ in 0..<6 {

@@ -47,9 +47,9 @@ final class DispatchEventAdapter: @unchecked Sendable {
     ///   a new connection that got the same number attached its sources to the stale registration and
     ///   never heard of its socket again.
     /// - libdispatch's epoll backend keeps one registration per descriptor number for a read and a
-    ///   write source, re-armed one-shot for both; with the write source suspended and resumed
-    ///   around each flush, that shared state is where the rare lost wake-ups were seen. With a
-    ///   number each, the two sources never share a registration.
+    ///   write source, re-armed one-shot for both. That shared state crashed under AddressSanitizer
+    ///   (SEGV in `_dispatch_unote_unregister_muxed`) and is the suspect for the rare lost wake-ups
+    ///   seen before. With a number each, the two sources never share a registration.
     private init(
         context: UnsafeMutablePointer<redisAsyncContext>, queue: DispatchQueue, readFD: Int32, writeFD: Int32
     ) {

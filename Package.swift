@@ -40,18 +40,21 @@ let package = Package(
         // Starts and controls local redis-server processes: tests, demo, benchmarks.
         .target(name: "LocalRedis"),
         .executableTarget(name: "multiredlock-demo", dependencies: ["MultiRedlock", "LocalRedis"]),
+        // One-line JSON output, shared by the command-line tool and the benchmark.
+        .target(name: "JSONText"),
         // The command-line tool: locks for shell scripts, cron jobs and deploy steps.
         .executableTarget(
             name: "redlock",
             dependencies: [
-                "MultiRedlock", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "MultiRedlock", "JSONText",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The benchmark behind `make bench`.
         .executableTarget(
             name: "redlock-bench",
             dependencies: [
-                "MultiRedlock",
+                "MultiRedlock", "JSONText",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
@@ -62,7 +65,7 @@ let package = Package(
             dependencies: ["MultiRedlock", "MultiRedlockTesting", "LocalRedis"]
         ),
         .testTarget(name: "LocalRedisTests", dependencies: ["LocalRedis"]),
-        .testTarget(name: "RedlockCLITests", dependencies: ["redlock", "LocalRedis"]),
+        .testTarget(name: "RedlockCLITests", dependencies: ["redlock", "JSONText", "LocalRedis"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,4 +1,5 @@
 import Histogram
+import JSONText
 import MultiRedlock
 
 #if canImport(Glibc)
@@ -23,10 +24,10 @@ struct Bench: Sendable {
             ("version", .string(configuration.libraryVersion)),
             ("client", .string("hiredis async contexts on Dispatch")),
             ("servers", .int(configuration.servers.count)),
-            ("server_list", .strings(configuration.servers.map(\.description))),
+            ("server_list", .array(configuration.servers.map(\.description).map(JSON.string))),
             ("ttl_ms", .int(configuration.ttlMilliseconds)),
             ("node_timeout_ms", .int(configuration.nodeTimeoutMilliseconds)),
-            ("scenarios", .strings(configuration.scenarios.map(\.name))),
+            ("scenarios", .array(configuration.scenarios.map(\.name).map(JSON.string))),
             ("seq_cycles", .int(configuration.sequentialCycles)),
             ("warmup_cycles", .int(configuration.warmupCycles)),
             ("warmup_s", .number(configuration.warmupSeconds, digits: 3)),
@@ -429,8 +430,8 @@ struct Measurement {
     var intervalsFile = ""
     var holdMeanMicroseconds = 0.0
 
-    func fields(scenario: String, servers: Int) -> [(String, JSONValue)] {
-        var fields: [(String, JSONValue)] = [
+    func fields(scenario: String, servers: Int) -> [(String, JSON)] {
+        var fields: [(String, JSON)] = [
             ("scenario", .string(scenario)),
             ("servers", .int(servers)),
             ("tasks", .int(tasks)),
@@ -454,7 +455,7 @@ struct Measurement {
                 ("hold_mean_us", .number(holdMeanMicroseconds, digits: 1)),
             ]
         }
-        let kinds = tally.kinds.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.int($0.value)) }
+        let kinds = tally.kinds.sorted { $0.key < $1.key }.map { ($0.key, JSON.int($0.value)) }
         let work = isContention ? tally.attempts : tally.cycles + tally.failed
         fields += [
             ("error_kinds", .object(kinds)),

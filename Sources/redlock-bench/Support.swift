@@ -1,4 +1,5 @@
 import Histogram
+import JSONText
 import Synchronization
 
 #if canImport(Glibc)
@@ -112,66 +113,9 @@ enum ProcessStats {
 
 // MARK: - Output
 
-/// A JSON value, written with keys in the order given.
-enum JSONValue {
-    case int(Int)
-    case number(Double, digits: Int)
-    case string(String)
-    case bool(Bool)
-    case strings([String])
-    case object([(String, JSONValue)])
-
-    var text: String {
-        switch self {
-        case .int(let value): String(value)
-        case .number(let value, let digits): fixed(value, digits: digits)
-        case .string(let value): quoted(value)
-        case .bool(let value): value ? "true" : "false"
-        case .strings(let values): "[" + values.map(quoted).joined(separator: ", ") + "]"
-        case .object(let fields):
-            "{" + fields.map { quoted($0.0) + ": " + $0.1.text }.joined(separator: ", ") + "}"
-        }
-    }
-}
-
-/// `value` with `digits` decimals, without Foundation; `null` when not finite.
-private func fixed(_ value: Double, digits: Int) -> String {
-    guard value.isFinite else { return "null" }
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let scaled = (abs(value) * scale).rounded()
-    guard scaled < 9e18 else { return String(value) }
-    let units = Int64(scaled)
-    let whole = units / Int64(scale)
-    var text = (value < 0 && units != 0 ? "-" : "") + String(whole)
-    if digits > 0 {
-        let fraction = String(units % Int64(scale))
-        text += "." + String(repeating: "0", count: digits - fraction.count) + fraction
-    }
-    return text
-}
-
-private func quoted(_ text: String) -> String {
-    var result = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": result += "\\\""
-        case "\\": result += "\\\\"
-        case "\n": result += "\\n"
-        case "\r": result += "\\r"
-        case "\t": result += "\\t"
-        case _ where scalar.value < 0x20:
-            let hex = String(scalar.value, radix: 16)
-            result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-        default: result.unicodeScalars.append(scalar)
-        }
-    }
-    return result + "\""
-}
-
 /// Prints one JSON object as one line on stdout, unbuffered.
-func emit(_ fields: [(String, JSONValue)]) {
-    writeAll(JSONValue.object(fields).text + "\n", to: STDOUT_FILENO)
+func emit(_ fields: [(String, JSON)]) {
+    writeAll(JSON.object(fields).text + "\n", to: STDOUT_FILENO)
 }
 
 /// Logs one line on stderr.

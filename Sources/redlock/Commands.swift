@@ -1,4 +1,5 @@
 import ArgumentParser
+import JSONText
 import MultiRedlock
 
 struct RedlockCommand: AsyncParsableCommand {
@@ -143,7 +144,7 @@ struct Release: AsyncParsableCommand {
                 Output.stdout(
                     JSON.object([
                         ("resource", .string(resource)), ("value", .string(value)),
-                        ("released", .int(Int64(released))),
+                        ("released", .int(released)),
                     ]).text)
             case .failure(let error):
                 throw ToolExit(error)

@@ -1,5 +1,6 @@
 // Standard output carries the JSON lines only; everything else goes to standard error, with every
 // password masked.
+import JSONText
 import MultiRedlock
 import Synchronization
 
@@ -105,56 +106,18 @@ final class Redactor: Sendable {
     }
 }
 
-/// The JSON text of one value, written by hand so that the fields keep their documented order.
-enum JSON {
-    case string(String)
-    case int(Int64)
-    case array([JSON])
-    /// An object whose keys keep the order given.
-    case object([(String, JSON)])
-
-    var text: String {
-        switch self {
-        case .string(let string): Self.quoted(string)
-        case .int(let value): String(value)
-        case .array(let items): "[" + items.map(\.text).joined(separator: ", ") + "]"
-        case .object(let fields):
-            "{" + fields.map { Self.quoted($0.0) + ": " + $0.1.text }.joined(separator: ", ") + "}"
-        }
-    }
-
-    /// A JSON string literal: quotes, backslashes and control characters escaped (RFC 8259).
-    static func quoted(_ string: String) -> String {
-        var result = "\""
-        for scalar in string.unicodeScalars {
-            switch scalar {
-            case "\"": result += "\\\""
-            case "\\": result += "\\\\"
-            case "\n": result += "\\n"
-            case "\r": result += "\\r"
-            case "\t": result += "\\t"
-            case "\u{08}": result += "\\b"
-            case "\u{0C}": result += "\\f"
-            case "\u{00}"..."\u{1F}", "\u{7F}", "\u{2028}", "\u{2029}":
-                let hex = String(scalar.value, radix: 16)
-                result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: result.unicodeScalars.append(scalar)
-            }
-        }
-        return result + "\""
-    }
-
+extension JSON {
     /// A lock as the tool prints it: resource, value and validity first, then the details.
     static func lock(_ lock: Lock) -> JSON {
         .object(
             [
                 ("resource", .string(lock.resource)),
                 ("value", .string(lock.value)),
-                ("validity_ms", .int(lock.validity.wholeMillisecondsValue)),
-                ("ttl_ms", .int(lock.ttl.wholeMillisecondsValue)),
-                ("attempts", .int(Int64(lock.attempts))),
+                ("validity_ms", .int(Int(lock.validity.wholeMillisecondsValue))),
+                ("ttl_ms", .int(Int(lock.ttl.wholeMillisecondsValue))),
+                ("attempts", .int(lock.attempts)),
                 ("nodes", .array(lock.nodes.map { .string($0) })),
-            ] + (lock.fencingToken.map { [("fencing_token", JSON.int($0))] } ?? []))
+            ] + (lock.fencingToken.map { [("fencing_token", JSON.int(Int($0)))] } ?? []))
     }
 }
 

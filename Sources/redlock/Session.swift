@@ -1,4 +1,5 @@
 import Dispatch
+import JSONText
 import MultiRedlock
 import Synchronization
 

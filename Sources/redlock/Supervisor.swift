@@ -1,4 +1,5 @@
 import Foundation
+import JSONText
 import MultiRedlock
 
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import Foundation
+import JSONText
 import Testing
 
 @testable import redlock
@@ -17,6 +18,15 @@ struct OutputTests {
         #expect(JSON.quoted(input) == expected)
         let decoded = try JSONSerialization.jsonObject(with: Data(expected.utf8), options: .fragmentsAllowed)
         #expect(decoded as? String == input)
+    }
+
+    /// The benchmark's fields: fixed decimals (no negative zero), `null` for what is not finite.
+    @Test func numbersAndBooleans() {
+        let text = JSON.array([
+            .number(2.25, digits: 1), .number(-0.04, digits: 1), .number(-1.5, digits: 2),
+            .number(7, digits: 0), .number(.infinity, digits: 1), .bool(true), .int(-3),
+        ]).text
+        #expect(text == "[2.3, 0.0, -1.50, 7, null, true, -3]")
     }
 
     @Test func aLockPrintsItsFieldsInTheDocumentedOrder() {

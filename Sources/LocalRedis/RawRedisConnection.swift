@@ -240,8 +240,16 @@ private func connectSocket(
 
 /// Asks the kernel for a free port on 127.0.0.1 (bind to port 0, read it back, close).
 func kernelChosenLoopbackPort() throws -> Int {
+    let (fd, port) = try bindLoopbackSocket()
+    _ = closeDescriptor(fd)
+    return port
+}
+
+/// A close-on-exec TCP socket bound to 127.0.0.1 on a port the kernel chose, listening with
+/// `backlog` when given (a proxy's listener), else only bound (a port that refuses connections and
+/// that no server can take while it is held). The caller closes the descriptor.
+public func bindLoopbackSocket(listening backlog: Int32? = nil) throws -> (descriptor: Int32, port: Int) {
     let fd = try openSocket(domain: AF_INET)
-    defer { _ = closeDescriptor(fd) }
     var address = sockaddr_in()
     #if canImport(Darwin)
         address.sin_len = UInt8(MemoryLayout<sockaddr_in>.size)
@@ -249,20 +257,19 @@ func kernelChosenLoopbackPort() throws -> Int {
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = 0
     address.sin_addr.s_addr = in_addr_t(0x7f00_0001).bigEndian
-    let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let step = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic -> String? in
+            if bind(fd, generic, length) != 0 { return "bind 127.0.0.1:0" }
+            if let backlog, listen(fd, backlog) != 0 { return "listen" }
+            if getsockname(fd, generic, &length) != 0 { return "getsockname" }
+            return nil
         }
     }
-    guard bound == 0 else {
-        throw LocalRedisError(.system, "bind 127.0.0.1:0 failed: \(errnoDescription(errno))", errno: errno)
+    if let step {
+        let code = errno
+        _ = closeDescriptor(fd)
+        throw LocalRedisError(.system, "\(step) failed: \(errnoDescription(code))", errno: code)
     }
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let named = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-    }
-    guard named == 0 else {
-        throw LocalRedisError(.system, "getsockname failed: \(errnoDescription(errno))", errno: errno)
-    }
-    return Int(UInt16(bigEndian: address.sin_port))
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }

@@ -112,18 +112,6 @@ private func failureKind(_ result: NodeResult) -> NodeFailure.Kind? {
     if case .failed(let failure) = result { failure.kind } else { nil }
 }
 
-/// Waits until `condition` holds, polling; false when `timeout` passes first.
-private func pollUntil(
-    within timeout: Duration = .seconds(3), _ condition: @Sendable () -> Bool
-) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(2))
-    }
-    return condition()
-}
-
 @Suite("MockRedlockNode")
 struct MockNodeTests {
     // MARK: Redis semantics

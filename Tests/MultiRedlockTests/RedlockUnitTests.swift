@@ -78,8 +78,9 @@ private func hasRelease(_ node: MockRedlockNode, _ resource: String, _ value: St
     node.calls.contains(.release(key: resource, value: value))
 }
 
-/// Waits until `condition` holds, polling; false when `timeout` passes first.
-private func pollUntil(
+/// Waits until `condition` holds, polling; false when `timeout` passes first. (Also used by
+/// MockNodeTests.)
+func pollUntil(
     within timeout: Duration = .seconds(3), _ condition: @Sendable () -> Bool
 ) async -> Bool {
     let deadline = ContinuousClock.now + timeout

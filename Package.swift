@@ -48,6 +48,7 @@ let package = Package(
             dependencies: [
                 "MultiRedlock", "JSONText",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The benchmark behind `make bench`.

@@ -50,14 +50,6 @@ public struct Lock: Sendable, Hashable, CustomStringConvertible {
         self.nodes = nodes
     }
 
-    /// The same lock, with `attempts` counted by the caller (for callers that retry on their own, as
-    /// the `redlock` tool does); every other field is kept.
-    public func counting(attempts: Int) -> Lock {
-        Lock(
-            resources: resources, value: value, validity: validity, ttl: ttl, validUntil: validUntil,
-            attempts: attempts, nodes: nodes, fencingToken: fencingToken)
-    }
-
     /// Whether the lock is still valid now.
     public var isValid: Bool { ContinuousClock.now < validUntil }
 

@@ -253,7 +253,9 @@ public final class Redlock: Sendable {
         var attempt = 0
         while true {
             attempt += 1
+            let attemptStart = ContinuousClock.now
             let result = await acquireOnce(keys, value: value, ttl: ttl, options: options, attempt: attempt)
+            logAttempt(options, Lock.name(of: keys), attempt: attempt, result, elapsed: .now - attemptStart)
             // A key set in this attempt lives at most ttl from now.
             let expiry = ContinuousClock.now + ttl
             switch result {
@@ -319,7 +321,6 @@ public final class Redlock: Sendable {
                 node.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: done)
             }
         }
-        log(options, "acquire", resource, attempt: attempt, tally: tally, elapsed: .now - start)
         var fencingToken: Int64?
         if let counters, tally.decision == .succeeded {
             // Take max + 1 over the granting majority, and write it back to a majority before the lock
@@ -640,6 +641,32 @@ public final class Redlock: Sendable {
         } onCancel: {
             if cancellable { round.finishEarly() }
         }
+    }
+
+    /// One line per acquire attempt, with its outcome: `granted` or the error's kind, and the
+    /// details (the nodes that granted, or the error's message with its per-node evidence).
+    private func logAttempt(
+        _ options: RedlockOptions, _ resource: String, attempt: Int, _ result: Result<Lock, RedlockError>,
+        elapsed: Duration
+    ) {
+        options.logger.log(
+            level: options.debug ? .debug : .trace, "acquire attempt",
+            metadata: {
+                var metadata: Logger.Metadata = [
+                    "resource": "\(resource)", "attempt": "\(attempt)",
+                    "elapsed_ms": "\(elapsed.milliseconds)",
+                ]
+                switch result {
+                case .success(let lock):
+                    metadata["outcome"] = "granted"
+                    metadata["granted"] = "\(lock.nodes.count)"
+                    metadata["validity_ms"] = "\(lock.validity.milliseconds)"
+                case .failure(let error):
+                    metadata["outcome"] = "\(error.kind.rawValue)"
+                    metadata["error"] = "\(error)"
+                }
+                return metadata
+            }())
     }
 
     private func log(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import JSONText
+import Logging
 import MultiRedlock
 
 /// The options every subcommand takes.
@@ -97,7 +98,12 @@ struct CommonOptions: ParsableArguments {
         }
 
         var options = RedlockOptions(id: id)
-        options.retries = 0  // The tool makes its attempts one by one (see Session.acquire).
+        options.retries = retries ?? 3
+        if verbose {
+            // The library's line per acquire attempt, on standard error (see AttemptLog).
+            options.debug = true
+            options.logger = Logger(label: "redlock") { _ in AttemptLog() }
+        }
         if let retryWait { options.retryWait = .milliseconds(retryWait) }
         if let drift { options.drift = .milliseconds(drift) }
         if let nodeTimeout { options.nodeTimeout = .milliseconds(nodeTimeout) }
@@ -113,19 +119,17 @@ struct CommonOptions: ParsableArguments {
         let servers = try ServerList.parse(
             option: self.servers, environment: environment)
         return Settings(
-            servers: servers, options: options, ttl: ttl, retries: retries ?? 3,
-            wait: wait.map { .milliseconds($0) }, verbose: verbose)
+            servers: servers, options: options, ttl: ttl, wait: wait.map { .milliseconds($0) },
+            verbose: verbose)
     }
 }
 
 /// The checked options.
 struct Settings: Sendable {
     var servers: [RedisServer]
-    /// Options for `Redlock`, with `retries` 0: the tool loops over one-attempt calls itself.
+    /// Options for `Redlock`: retries (ignored with `wait`), retry wait, drift, node timeout, fencing.
     var options: RedlockOptions
     var ttl: Duration
-    /// How many retries after the first attempt (ignored with `wait`).
-    var retries: Int
     /// Keep trying until this much time has passed, instead of `retries`.
     var wait: Duration?
     var verbose: Bool

@@ -1,5 +1,6 @@
 import Dispatch
 import JSONText
+import Logging
 import MultiRedlock
 import Synchronization
 
@@ -141,46 +142,22 @@ struct Session: Sendable {
 
     // MARK: Acquiring
 
-    /// Acquires the lock, attempt by attempt: up to 1 + retries attempts, or with `wait` until that
-    /// much time has passed, with a random wait in 0...retryWait between attempts. Stops early when
-    /// the task is cancelled (a signal) and releases whatever it acquired then.
+    /// Acquires the lock with the library's retry loop: up to 1 + retries attempts, or with `wait`
+    /// until that much time has passed, with a random wait in 0...retryWait between attempts, each
+    /// failed attempt released before the next. A cancelled task (a signal) stops it, and whatever
+    /// was acquired is released. With `--verbose`, `AttemptLog` prints a line per attempt.
     /// - Throws: `ToolExit` with the status of the last failure, or `CancellationError`.
     func acquire(_ resource: String) async throws -> Lock {
-        let start = ContinuousClock.now
-        let deadline = settings.wait.map { start + $0 }
-        var attempt = 0
-        while true {
-            attempt += 1
-            let attemptStart = ContinuousClock.now
-            do {
-                let lock = try await redlock.lock(resource, ttl: settings.ttl)
-                let result = lock.counting(attempts: attempt)
-                note(
-                    "acquire \(JSON.quoted(resource)) attempt \(attempt): granted by \(lock.nodes.count)"
-                        + " of \(redlock.nodes.count) in \(attemptStart.duration(to: .now).millisecondsText),"
-                        + " validity \(lock.validity.millisecondsText)")
-                if Task.isCancelled {
-                    await release(result)
-                    throw CancellationError()
-                }
-                return result
-            } catch var error as RedlockError {
-                note("acquire \(JSON.quoted(resource)) attempt \(attempt): \(error.kind.rawValue): \(error)")
-                error.attempts = attempt
-                let retryable = [.taken, .quorumUnavailable, .validityExpired].contains(error.kind)
-                let now = ContinuousClock.now
-                let exhausted = deadline.map { now >= $0 } ?? (attempt > settings.retries)
-                if !retryable || exhausted {
-                    if error.kind == .taken, let wait = settings.wait {
-                        error.message += "; still held after --wait \(wait.millisecondsText)"
-                    }
-                    throw ToolExit(error)
-                }
-                var pause = Duration.randomMilliseconds(upTo: settings.options.retryWait)
-                if let deadline { pause = min(pause, now.duration(to: deadline)) }
-                if pause > .zero { try await Task.sleep(for: pause) }
-                try Task.checkCancellation()
+        do {
+            if let wait = settings.wait {
+                return try await redlock.lock(resource, ttl: settings.ttl, waitingUpTo: wait)
             }
+            return try await redlock.lock(resource, ttl: settings.ttl)
+        } catch var error as RedlockError {
+            if error.kind == .taken, let wait = settings.wait {
+                error.message += "; still held after --wait \(wait.millisecondsText)"
+            }
+            throw ToolExit(error)
         }
     }
 
@@ -248,14 +225,37 @@ private final class ConnectGate: Sendable {
 }
 
 extension Duration {
-    /// A uniformly random duration in 0...limit, to the millisecond.
-    static func randomMilliseconds(upTo limit: Duration) -> Duration {
-        let milliseconds = limit.wholeMillisecondsValue
-        guard milliseconds > 0 else { return .zero }
-        return .milliseconds(Int64.random(in: 0...milliseconds))
-    }
-
     var dispatchInterval: DispatchTimeInterval {
         .milliseconds(Int(clamping: wholeMillisecondsValue))
+    }
+}
+
+/// Prints the library's per-attempt log line (`acquire attempt`) for `--verbose`:
+/// `acquire "r" attempt 2: taken: …` or `acquire "r" attempt 1: granted by 3 in 2 ms, validity 9798 ms`.
+struct AttemptLog: LogHandler {
+    var logLevel: Logger.Level = .debug
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        guard event.message.description == "acquire attempt", let fields = event.metadata else { return }
+        func field(_ key: String) -> String { fields[key].map { "\($0)" } ?? "?" }
+        func milliseconds(_ key: String) -> String {
+            Double(field(key)).map { "\(Int64($0.rounded()))" } ?? "?"
+        }
+        let head =
+            "acquire \(JSON.quoted(field("resource"))) attempt \(field("attempt")): \(field("outcome"))"
+        if field("outcome") == "granted" {
+            Output.stderr(
+                head
+                    + " by \(field("granted")) in \(milliseconds("elapsed_ms")) ms, validity \(milliseconds("validity_ms")) ms"
+            )
+        } else {
+            Output.stderr(head + ": \(field("error"))")
+        }
     }
 }

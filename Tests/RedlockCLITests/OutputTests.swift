@@ -73,14 +73,15 @@ struct OutputTests {
         let settings = try options.resolve(environment: [:])
         #expect(settings.ttl == .milliseconds(5000))
         #expect(settings.wait == .milliseconds(3000))
-        #expect(settings.options.retries == 0, "the tool makes its attempts itself")
+        #expect(settings.options.retries == 3, "the library's retry loop; --wait bounds it by time instead")
         #expect(settings.options.retryWait == .milliseconds(20))
         #expect(settings.options.drift == .milliseconds(10))
         #expect(settings.options.nodeTimeout == .milliseconds(250))
         #expect(settings.options.id == "me")
         options = try CommonOptions.parse([])
         let defaults = try options.resolve(environment: [:])
-        #expect(defaults.retries == 3 && defaults.wait == nil && defaults.ttl == .seconds(10))
+        #expect(defaults.options.retries == 3 && defaults.wait == nil && defaults.ttl == .seconds(10))
+        #expect(try CommonOptions.parse(["--retries", "5"]).resolve(environment: [:]).options.retries == 5)
     }
 
     @Test func waitStatusesBecomeShellExitCodes() {

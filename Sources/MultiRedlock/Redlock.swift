@@ -255,7 +255,7 @@ public final class Redlock: Sendable {
             attempt += 1
             let attemptStart = ContinuousClock.now
             let result = await acquireOnce(keys, value: value, ttl: ttl, options: options, attempt: attempt)
-            logAttempt(options, Lock.name(of: keys), attempt: attempt, result, elapsed: .now - attemptStart)
+            logAttempt(options, keys, attempt: attempt, result, elapsed: .now - attemptStart)
             // A key set in this attempt lives at most ttl from now.
             let expiry = ContinuousClock.now + ttl
             switch result {
@@ -646,14 +646,14 @@ public final class Redlock: Sendable {
     /// One line per acquire attempt, with its outcome: `granted` or the error's kind, and the
     /// details (the nodes that granted, or the error's message with its per-node evidence).
     private func logAttempt(
-        _ options: RedlockOptions, _ resource: String, attempt: Int, _ result: Result<Lock, RedlockError>,
+        _ options: RedlockOptions, _ keys: [String], attempt: Int, _ result: Result<Lock, RedlockError>,
         elapsed: Duration
     ) {
         options.logger.log(
             level: options.debug ? .debug : .trace, "acquire attempt",
             metadata: {
                 var metadata: Logger.Metadata = [
-                    "resource": "\(resource)", "attempt": "\(attempt)",
+                    "resource": "\(Lock.name(of: keys))", "attempt": "\(attempt)",
                     "elapsed_ms": "\(elapsed.milliseconds)",
                 ]
                 switch result {

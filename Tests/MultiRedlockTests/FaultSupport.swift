@@ -43,9 +43,7 @@ enum Fault {
     static func connectedRedlock(
         _ ports: [Int], _ options: RedlockOptions = options(), timeout: Duration = .seconds(10)
     ) async throws -> Redlock {
-        let redlock = try redlock(ports, options)
-        try await eventually(timeout: timeout) { redlock.nodes.allSatisfy(\.isConnected) }
-        return redlock
+        try await connected(redlock(ports, options), timeout: timeout)
     }
 
     static func resource(_ name: String = #function) -> String {

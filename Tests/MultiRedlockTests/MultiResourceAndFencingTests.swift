@@ -7,14 +7,29 @@ import Testing
 /// Multi-resource locks and fencing tokens against real redis-servers.
 @Suite(.serialized)
 struct MultiResourceAndFencingTests {
+    /// A Redlock on `group`, returned once every node is connected (a quorum with `quorumOnly`).
     static func redlock(
-        _ group: RedisServerGroup, fencing: Bool = false, id: String = "multi", retries: Int = 0
-    ) throws -> Redlock {
-        try Redlock(
-            servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) },
-            options: RedlockOptions(
-                id: id, retries: retries, retryWait: .milliseconds(10), nodeTimeout: .milliseconds(500),
-                fencingTokens: fencing))
+        _ group: RedisServerGroup, fencing: Bool = false, id: String = "multi", retries: Int = 0,
+        quorumOnly: Bool = false
+    ) async throws -> Redlock {
+        try await connected(
+            Redlock(
+                servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) },
+                options: RedlockOptions(
+                    id: id, retries: retries, retryWait: .milliseconds(10), nodeTimeout: .milliseconds(500),
+                    fencingTokens: fencing)),
+            quorumOnly: quorumOnly)
+    }
+
+    /// `count` clients on `group`, each connected (see `redlock`).
+    static func clients(
+        _ count: Int, on group: RedisServerGroup, id: String, retries: Int
+    ) async throws -> [Redlock] {
+        var clients: [Redlock] = []
+        for index in 0..<count {
+            clients.append(try await redlock(group, fencing: true, id: "\(id)-\(index)", retries: retries))
+        }
+        return clients
     }
 
     @Test func newScriptDigestsMatchTheServers() throws {
@@ -31,7 +46,7 @@ struct MultiResourceAndFencingTests {
     @Test func allKeysOrNone() async throws {
         let group = try RedisServerGroup.start(count: 3)
         defer { group.stopAll() }
-        let redlock = try Self.redlock(group)
+        let redlock = try await Self.redlock(group)
         let base = RedlockIntegrationTests.uniqueResource()
         let keys = ["\(base)-a", "\(base)-b", "\(base)-c"]
 
@@ -88,9 +103,7 @@ struct MultiResourceAndFencingTests {
     @Test func fencingTokensStrictlyIncreaseAcrossClients() async throws {
         let group = try RedisServerGroup.start(count: 3, .init(appendOnly: true))
         defer { group.stopAll() }
-        let clients = try (0..<3).map {
-            try Self.redlock(group, fencing: true, id: "fence-\($0)", retries: 50)
-        }
+        let clients = try await Self.clients(3, on: group, id: "fence", retries: 50)
         let resource = RedlockIntegrationTests.uniqueResource()
         var tokens: [Int64] = []
         for round in 0..<300 {
@@ -115,9 +128,7 @@ struct MultiResourceAndFencingTests {
         let group = try RedisServerGroup.start(count: 3)
         defer { group.stopAll() }
         let resource = RedlockIntegrationTests.uniqueResource()
-        let clients = try (0..<4).map {
-            try Self.redlock(group, fencing: true, id: "race-\($0)", retries: 1000)
-        }
+        let clients = try await Self.clients(4, on: group, id: "race", retries: 1000)
         // Each holder records (token, start, end); holds never overlap, so tokens must follow time.
         let holds = try await withThrowingTaskGroup(of: [(Int64, ContinuousClock.Instant)].self) { tasks in
             for client in clients {
@@ -145,7 +156,7 @@ struct MultiResourceAndFencingTests {
         let group = try RedisServerGroup.start(count: 3)
         defer { group.stopAll() }
         let resource = RedlockIntegrationTests.uniqueResource()
-        let before = try Self.redlock(group, fencing: true, id: "before")
+        let before = try await Self.redlock(group, fencing: true, id: "before")
         var last: Int64 = 0
         for _ in 0..<5 {
             let lock = try await before.lock(resource, ttl: .seconds(2))
@@ -160,7 +171,7 @@ struct MultiResourceAndFencingTests {
         }
         #expect(group[2].pause())  // the one node that kept its counter is out of reach
         defer { group[2].resume() }
-        let after = try Self.redlock(group, fencing: true, id: "after")
+        let after = try await Self.redlock(group, fencing: true, id: "after", quorumOnly: true)
         let lock = try await after.lock(resource, ttl: .seconds(2))
         #expect(try #require(lock.fencingToken) <= last)
         try await after.release(lock)
@@ -170,7 +181,7 @@ struct MultiResourceAndFencingTests {
     @Test func fencingIsForSingleResources() async throws {
         let group = try RedisServerGroup.start(count: 1)
         defer { group.stopAll() }
-        let redlock = try Self.redlock(group, fencing: true)
+        let redlock = try await Self.redlock(group, fencing: true)
         let error = try await #require(throws: RedlockError.self) {
             try await redlock.lock(["a", "b"], ttl: .seconds(1))
         }

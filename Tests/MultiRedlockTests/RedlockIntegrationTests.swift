@@ -15,19 +15,12 @@ struct RedlockIntegrationTests {
         RedlockOptions(id: "it", retries: retries, retryWait: .milliseconds(20), nodeTimeout: nodeTimeout)
     }
 
-    /// A Redlock on `group`, returned once every node is connected (up to 10 s): a test's first lock
-    /// then does not also wait for three handshakes, which under a sanitizer can outlast a short
-    /// ttl or node timeout.
+    /// A Redlock on `group`, returned once every node is connected (see `connected`).
     static func redlock(_ group: RedisServerGroup, _ options: RedlockOptions = options()) async throws
         -> Redlock
     {
-        let redlock = try Redlock(
-            servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }, options: options)
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !redlock.nodes.allSatisfy(\.isConnected) && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(5))
-        }
-        return redlock
+        try await connected(
+            Redlock(servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }, options: options))
     }
 
     static func uniqueResource(_ name: String = #function) -> String {
@@ -280,6 +273,19 @@ final class EventLog: Sendable {
     private let storage = Locked<[String]>([])
     func append(_ entry: String) { storage.withLock { $0.append(entry) } }
     var entries: [String] { storage.withLock { $0 } }
+}
+
+/// Returns `redlock` once every node is connected (with `quorumOnly`, once a quorum is), and fails
+/// the test if that takes longer than `timeout`. A test's first lock then does not also wait for the
+/// handshakes, which under a sanitizer can outlast a short ttl or node timeout.
+func connected(
+    _ redlock: Redlock, quorumOnly: Bool = false, timeout: Duration = .seconds(10),
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws -> Redlock {
+    try await eventually(timeout: timeout, sourceLocation: sourceLocation) {
+        quorumOnly ? redlock.isConnected : redlock.nodes.allSatisfy(\.isConnected)
+    }
+    return redlock
 }
 
 /// Polls `condition` until it holds or `timeout` passes (then fails the test).

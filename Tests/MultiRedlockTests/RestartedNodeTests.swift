@@ -11,8 +11,8 @@ struct RestartedNodeTests {
         defer { group.stopAll() }
         let servers = group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }
         let options = RedlockOptions(id: "restart", retries: 0, nodeTimeout: .milliseconds(300))
-        let holder = try Redlock(servers: servers, options: options)
-        let watcher = try Redlock(servers: servers, options: options)
+        let holder = try await connected(Redlock(servers: servers, options: options))
+        let watcher = try await connected(Redlock(servers: servers, options: options))
         let resource = RedlockIntegrationTests.uniqueResource()
 
         // The watcher has used a 5 s ttl before, so it quarantines restarted nodes for 5 s.
@@ -58,7 +58,7 @@ struct RestartedNodeTests {
         // Negative control: a client that first connects after the restart cannot know, and the
         // empty nodes grant it the lock while `holder` still holds it. This is the danger the
         // quarantine closes (and that `appendfsync always` closes for every client).
-        let newcomer = try Redlock(servers: servers, options: options)
+        let newcomer = try await connected(Redlock(servers: servers, options: options))
         let second = try await newcomer.lock(resource, ttl: .seconds(5))
         #expect(held.isValid && second.isValid)
         try await newcomer.release(second)

@@ -63,7 +63,10 @@ let package = Package(
         .testTarget(name: "HiredisTests", dependencies: ["Hiredis", "CHiredis", "LocalRedis"]),
         .testTarget(
             name: "MultiRedlockTests",
-            dependencies: ["MultiRedlock", "MultiRedlockTesting", "LocalRedis"]
+            dependencies: [
+                "MultiRedlock", "MultiRedlockTesting", "LocalRedis",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(name: "LocalRedisTests", dependencies: ["LocalRedis"]),
         .testTarget(name: "RedlockCLITests", dependencies: ["redlock", "JSONText", "LocalRedis"]),

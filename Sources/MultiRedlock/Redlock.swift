@@ -255,11 +255,12 @@ public final class Redlock: Sendable {
             attempt += 1
             let attemptStart = ContinuousClock.now
             let result = await acquireOnce(keys, value: value, ttl: ttl, options: options, attempt: attempt)
-            logAttempt(options, keys, attempt: attempt, result, elapsed: .now - attemptStart)
+            let elapsed = ContinuousClock.now - attemptStart
             // A key set in this attempt lives at most ttl from now.
             let expiry = ContinuousClock.now + ttl
             switch result {
             case .success(let lock):
+                logAttempt(options, keys, attempt: attempt, result, elapsed: elapsed, retryIn: nil)
                 if Task.isCancelled {
                     releaseEverywhere(keys, value: value, until: expiry, options: options)
                     throw CancellationError()
@@ -274,7 +275,10 @@ public final class Redlock: Sendable {
                     case .attempts(let count): attempt >= count
                     case .deadline(let deadline): ContinuousClock.now + wait >= deadline
                     }
-                if exhausted || error.kind == .closed || Task.isCancelled {
+                let last = exhausted || error.kind == .closed || Task.isCancelled
+                logAttempt(
+                    options, keys, attempt: attempt, result, elapsed: elapsed, retryIn: last ? nil : wait)
+                if last {
                     releaseEverywhere(keys, value: value, until: expiry, options: options)
                     try Task.checkCancellation()
                     metrics.failed(error.kind)
@@ -645,9 +649,11 @@ public final class Redlock: Sendable {
 
     /// One line per acquire attempt, with its outcome: `granted` or the error's kind, and the
     /// details (the nodes that granted, or the error's message with its per-node evidence).
+    /// The line logged for each acquire attempt; `retryIn` is the random wait before the next attempt
+    /// (`retry_in_ms`), nil after the last one.
     private func logAttempt(
         _ options: RedlockOptions, _ keys: [String], attempt: Int, _ result: Result<Lock, RedlockError>,
-        elapsed: Duration
+        elapsed: Duration, retryIn: Duration?
     ) {
         options.logger.log(
             level: options.debug ? .debug : .trace, "acquire attempt",
@@ -665,6 +671,7 @@ public final class Redlock: Sendable {
                     metadata["outcome"] = "\(error.kind.rawValue)"
                     metadata["error"] = "\(error)"
                 }
+                if let retryIn { metadata["retry_in_ms"] = "\(retryIn.milliseconds)" }
                 return metadata
             }())
     }

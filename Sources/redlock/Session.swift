@@ -231,7 +231,7 @@ extension Duration {
 }
 
 /// Prints the library's per-attempt log line (`acquire attempt`) for `--verbose`:
-/// `acquire "r" attempt 2: taken: …` or `acquire "r" attempt 1: granted by 3 in 2 ms, validity 9798 ms`.
+/// `acquire "r" attempt 2: taken: …; next attempt in 37 ms` or `acquire "r" attempt 1: granted by 3 in 2 ms, validity 9798 ms`.
 struct AttemptLog: LogHandler {
     var logLevel: Logger.Level = .debug
     var metadata: Logger.Metadata = [:]
@@ -255,7 +255,9 @@ struct AttemptLog: LogHandler {
                     + " by \(field("granted")) in \(milliseconds("elapsed_ms")) ms, validity \(milliseconds("validity_ms")) ms"
             )
         } else {
-            Output.stderr(head + ": \(field("error"))")
+            let retry =
+                fields["retry_in_ms"] == nil ? "" : "; next attempt in \(milliseconds("retry_in_ms")) ms"
+            Output.stderr(head + ": \(field("error"))" + retry)
         }
     }
 }

@@ -1,3 +1,4 @@
+import Logging
 import MultiRedlockTesting
 import Synchronization
 import Testing
@@ -282,26 +283,38 @@ struct RedlockUnitTests {
             .kind == .invalidArgument)
     }
 
-    @Test("retry waits are random in 0...retryWait")
+    @Test("retry waits are random in 0...retryWait, and slept")
     func jitter() async throws {
         let nodes = makeNodes(3)
         for node in nodes { node.set(key: "r", value: "foreign") }
-        let redlock = try Redlock(
-            nodes: nodes, options: testOptions(retries: 3, retryWait: .milliseconds(50)))
-        var totals: [Duration] = []
+        let log = CapturedLog()
+        var options = testOptions(retries: 3, retryWait: .milliseconds(50))
+        options.logger = log.logger
+        let redlock = try Redlock(nodes: nodes, options: options)
+        var calls: [Duration] = []
         for _ in 0..<8 {
             let start = ContinuousClock.now
-            let kind = await lockErrorKind(redlock, "r")
-            totals.append(ContinuousClock.now - start)
-            #expect(kind == .taken)
+            #expect(await lockErrorKind(redlock, "r") == .taken)
+            calls.append(ContinuousClock.now - start)
         }
-        let milliseconds = totals.map {
-            Double($0.components.attoseconds) / 1e15 + Double($0.components.seconds) * 1000
+        // One line per attempt, 4 per call; each names the wait before the next attempt, the last none.
+        let attempts = log.lines.filter { $0.message == "acquire attempt" }
+        try #require(attempts.count == 32)
+        let waits = attempts.map { $0.metadata["retry_in_ms"].flatMap { Double("\($0)") } }
+        for (index, wait) in waits.enumerated() {
+            #expect(
+                (wait == nil) == (index % 4 == 3), "attempt \(index): retry_in_ms \(String(describing: wait))"
+            )
         }
-        // Three waits of at most 50 ms each; wall time on a busy machine only bounds them loosely
-        // (the waits themselves are checked exactly below). Never all equal: the waits are random.
-        #expect(milliseconds.allSatisfy { $0 >= 0 && $0 < 150 + 2_000 }, "\(milliseconds)")
-        #expect(milliseconds.max()! - milliseconds.min()! > 2, "\(milliseconds)")
+        let chosen = waits.compactMap { $0 }
+        #expect(chosen.allSatisfy { (0...50).contains($0) }, "\(chosen)")
+        // Random, not fixed: 24 uniform waits are never all equal.
+        #expect(Set(chosen).count > 1, "\(chosen)")
+        // And slept: a call lasts at least the sum of its waits (a lower bound holds on a busy machine).
+        for (call, duration) in calls.enumerated() {
+            let slept = waits[(call * 4)..<(call * 4 + 3)].reduce(0) { $0 + ($1 ?? 0) }
+            #expect(duration.milliseconds >= slept, "call \(call): \(duration) < \(slept) ms of waits")
+        }
     }
 
     @Test("each wait is uniform in 0...retryWait")
@@ -807,5 +820,39 @@ struct RedlockUnitTests {
         #expect(holders.value == 0)
         #expect(grants.value >= 1)
         #expect(nodes.allSatisfy { $0.value(of: "shared") == nil })
+    }
+}
+
+/// A logger whose lines are kept for the test to read.
+private final class CapturedLog: Sendable {
+    struct Line: Sendable {
+        var level: Logger.Level
+        var message: String
+        var metadata: Logger.Metadata
+    }
+
+    private let storage = Locked<[Line]>([])
+    var lines: [Line] { storage.withLock { $0 } }
+
+    var logger: Logger {
+        Logger(label: "captured") { _ in Handler(log: self) }
+    }
+
+    private struct Handler: LogHandler {
+        let log: CapturedLog
+        var logLevel: Logger.Level = .trace
+        var metadata: Logger.Metadata = [:]
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            let line = Line(
+                level: event.level, message: event.message.description,
+                metadata: metadata.merging(event.metadata ?? [:]) { $1 })
+            log.storage.withLock { $0.append(line) }
+        }
     }
 }

@@ -509,10 +509,12 @@ public final class Redlock: Sendable {
         waitingFor awaited: [Bool]? = nil
     ) async -> QuorumTally {
         let timeout = options.nodeTimeout
+        let delays = options.releaseRetryDelay
         let retryFailed: @Sendable (QuorumTally) -> Void = { [weak self] tally in
             for index in tally.outcomes.indices {
                 guard case .failed = tally.outcomes[index] else { continue }
-                self?.retryRelease(on: index, keys, value, expiry, timeout, delay: .milliseconds(50))
+                self?.retryRelease(
+                    on: index, keys, value, expiry, timeout, delay: delays.first, longest: delays.longest)
             }
         }
         let awaited = awaited ?? Array(repeating: true, count: nodes.count)
@@ -522,11 +524,11 @@ public final class Redlock: Sendable {
     }
 
     /// Retries a failed release on node `index` once it reconnects or after `delay`, whichever comes
-    /// first; a retry that fails again schedules the next with twice the delay (at most 2 s). Stops
-    /// at `expiry`, when the key has expired anyway, and when the Redlock is closed.
+    /// first; a retry that fails again schedules the next with twice the delay (at most `longest`).
+    /// Stops at `expiry`, when the key has expired anyway, and when the Redlock is closed.
     private func retryRelease(
         on index: Int, _ keys: [String], _ value: String, _ expiry: ContinuousClock.Instant,
-        _ timeout: Duration, delay: Duration
+        _ timeout: Duration, delay: Duration, longest: Duration
     ) {
         guard !isClosed, ContinuousClock.now < expiry else { return }
         let attempt: @Sendable () -> Void = { [weak self] in
@@ -534,7 +536,7 @@ public final class Redlock: Sendable {
             self.nodes[index].release(keys: keys, value: value, timeout: timeout) { [weak self] result in
                 guard case .failed = result else { return }
                 self?.retryRelease(
-                    on: index, keys, value, expiry, timeout, delay: min(delay * 2, .seconds(2)))
+                    on: index, keys, value, expiry, timeout, delay: min(delay * 2, longest), longest: longest)
             }
         }
         let id = state.withLock { state in

@@ -51,6 +51,11 @@ public struct RedlockOptions: Sendable {
     /// Where the library logs. The default is a logger labelled `multiredlock`.
     public var logger: Logger
 
+    /// The wait before the first background retry of a release that failed on a node, and the
+    /// longest wait it doubles up to. A node that reconnects gets its retries at once. Not public:
+    /// 50 ms … 2 s always; tests lengthen it to tell the reconnect from the timer.
+    var releaseRetryDelay: (first: Duration, longest: Duration) = (.milliseconds(50), .seconds(2))
+
     /// Options with the seed's defaults; any can be given.
     public init(
         id: String? = nil,

@@ -91,6 +91,9 @@ extension Failover {
                     let reply = try await Fault.command(
                         group[index % 3].port, ["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
                     killed += Int(reply?.dropFirst() ?? "") ?? 0
+                    // One node at a time for real: the next kill waits for this reconnect, which a
+                    // loaded machine can delay past the pause below.
+                    try await Self.awaitReconnect(redlock, group, nodes: [index % 3])
                     try await Task.sleep(for: .milliseconds(Int.random(in: 30...60)))
                 }
                 return killed
@@ -115,6 +118,8 @@ extension Failover {
                         }
                         return await kills.reduce(0, +)
                     }
+                    // Separate instants: each starts once the last one's reconnects are done.
+                    try await Self.awaitReconnect(redlock, group, nodes: Array(group.servers.indices))
                     try await Task.sleep(for: .milliseconds(Int.random(in: 60...120)))
                 }
                 return killed
@@ -146,6 +151,20 @@ extension Failover {
                     + "quorumUnavailable (lost connections; \(lostWithoutLeftover) without a leftover refusal), "
                     + "\(takenAfterPartialRelease) taken by the leftover "
                     + "of a partial release, \(takenAfterFailedLock) taken by the leftover of a failed lock"
+            }
+        }
+
+        /// Waits until `redlock` is back on each of `nodes` after a CLIENT KILL there: the server
+        /// lists a client connection besides the one asking (so the client saw the kill and
+        /// reconnected), and the client reports the node connected (its handshake is done).
+        static func awaitReconnect(_ redlock: Redlock, _ group: RedisServerGroup, nodes: [Int]) async throws {
+            for index in nodes {
+                _ = try await Fault.waitUntil(timeout: .seconds(10), "node \(index) reconnected") {
+                    let clients = try await Fault.command(
+                        group[index].port, ["CLIENT", "LIST", "TYPE", "normal"])
+                    let count = clients?.split(whereSeparator: \.isNewline).count ?? 0
+                    return count >= 2 && redlock.nodes[index].isConnected
+                }
             }
         }
 

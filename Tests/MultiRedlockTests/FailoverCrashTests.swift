@@ -293,7 +293,10 @@ extension Failover {
                 #expect(group[index].isRunning && group[index].pid != oldPID)
                 #expect(try await Fault.get(group[index], resource) == lockA.value, "the AOF kept A's key")
             }
-            try await eventually(timeout: .seconds(5)) { clientB.nodes.allSatisfy(\.isConnected) }
+            // Both clients are back on every node: B's attempt meets every node, and A's release too.
+            try await eventually(timeout: .seconds(5)) {
+                [clientA, clientB].allSatisfy { $0.nodes.allSatisfy(\.isConnected) }
+            }
 
             let error = try await #require(throws: RedlockError.self) {
                 try await clientB.lock(resource, ttl: .seconds(5))

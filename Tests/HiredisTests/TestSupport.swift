@@ -74,33 +74,7 @@ final class RefusingPort: Sendable {
     }
 }
 
-// MARK: - File descriptors
-
-/// How many file descriptors this process has open (entries of /proc/self/fd).
-func openDescriptorCount() -> Int {
-    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
-}
-
-/// How many of this process's sockets are connected to 127.0.0.1:`port` (found with getpeername).
-func socketsConnected(toPort port: Int) -> Int {
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
-    var count = 0
-    for entry in entries {
-        guard let descriptor = Int32(entry) else { continue }
-        var address = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let found = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                getpeername(descriptor, $0, &length) == 0
-            }
-        }
-        if found, address.sin_family == sa_family_t(AF_INET), Int(UInt16(bigEndian: address.sin_port)) == port
-        {
-            count += 1
-        }
-    }
-    return count
-}
+// MARK: - Child processes
 
 /// Starts `path` with posix_spawn and no file actions, so that the child inherits every descriptor
 /// of this process that is not close-on-exec. Returns its pid; the caller kills and reaps it.

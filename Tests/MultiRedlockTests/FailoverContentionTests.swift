@@ -21,11 +21,11 @@ extension Failover {
             var configuration = CounterContention.Configuration()
             configuration.workers = 4
             configuration.iterations = 15
-            let descriptors = Fault.openDescriptors()
+            let descriptors = openDescriptorCount()
             let outcome = try await CounterContention.run(group, configuration)
             #expect(
-                Fault.openDescriptors() - descriptors < 20,
-                "descriptors leak: \(descriptors) → \(Fault.openDescriptors())")
+                openDescriptorCount() - descriptors < 20,
+                "descriptors leak: \(descriptors) → \(openDescriptorCount())")
             let expected = configuration.workers * configuration.iterations!
             #expect(outcome.failures.isEmpty, "\(outcome.failures.prefix(5))")
             #expect(outcome.counter == expected, "counter \(outcome.counter), expected \(expected)")

@@ -204,11 +204,6 @@ enum Fault {
 
     // MARK: Process state
 
-    /// How many file descriptors this process has open (entries of /proc/self/fd).
-    static func openDescriptors() -> Int {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
-    }
-
     /// The failure of the node called `name` in an error's evidence, if it failed.
     static func failure(_ error: RedlockError, node name: String) -> NodeFailure? {
         guard let evidence = error.nodes.first(where: { $0.node == name }),

@@ -28,9 +28,9 @@ struct SoakTests {
         configuration.duration = .seconds(seconds)
         configuration.progressEvery = .seconds(min(30, max(5, seconds / 10)))
         print("soak: \(configuration.workers) redlock clients for \(seconds) s against 3 servers (AOF)")
-        let descriptors = Fault.openDescriptors()
+        let descriptors = openDescriptorCount()
         let outcome = try await CounterContention.run(group, configuration)
-        print("soak: open descriptors of the test process \(descriptors) → \(Fault.openDescriptors())")
+        print("soak: open descriptors of the test process \(descriptors) → \(openDescriptorCount())")
 
         let kills = outcome.faults.filter { $0.hasPrefix("kill9") }.count
         print(

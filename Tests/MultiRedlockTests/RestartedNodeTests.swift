@@ -15,9 +15,11 @@ struct RestartedNodeTests {
         let watcher = try await connected(Redlock(servers: servers, options: options))
         let resource = RedlockIntegrationTests.uniqueResource()
 
-        // The watcher has used a 5 s ttl before, so it quarantines restarted nodes for 5 s.
-        try await watcher.release(try await watcher.lock(resource + "-warm", ttl: .seconds(5)))
-        let held = try await holder.lock(resource, ttl: .seconds(5))
+        // The watcher has used a 60 s ttl before, so it quarantines restarted nodes for 60 s. The ttls
+        // are long so that `held` outlives the restarts even on a slow machine (5 s did not, under TSan
+        // with four busy loops beside it).
+        try await watcher.release(try await watcher.lock(resource + "-warm", ttl: .seconds(60)))
+        let held = try await holder.lock(resource, ttl: .seconds(60))
 
         // Two of three nodes crash and come back empty, inside the ttl.
         let oldIDs = try group.servers.prefix(2).map { try runID(of: $0) }
@@ -39,7 +41,7 @@ struct RestartedNodeTests {
 
         // The two empty nodes would grant, but their grants do not count: no second holder.
         let error = try await #require(throws: RedlockError.self) {
-            try await watcher.lock(resource, ttl: .seconds(5))
+            try await watcher.lock(resource, ttl: .seconds(60))
         }
         #expect(error.kind == .quorumUnavailable)
         let restarted = error.nodes.filter {

@@ -115,28 +115,34 @@ struct CheckerTests {
 
     @Test func recordsLocksOnTheMonotonicClock() async throws {
         let checker = MutualExclusionChecker()
+        // Validities of a minute: the hold must not overrun however slow the machine is.
+        let before = MutualExclusionChecker.now()
         let now = ContinuousClock.now
         let lock = Lock(
-            resource: "r", value: "v", validity: .seconds(2), ttl: .seconds(3), validUntil: now + .seconds(2),
+            resource: "r", value: "v", validity: .seconds(60), ttl: .seconds(61),
+            validUntil: now + .seconds(60),
             attempts: 1, nodes: [])
-        let before = MutualExclusionChecker.now()
         let ticket = checker.acquired(lock, client: "me")
+        let after = MutualExclusionChecker.now()
         try await Task.sleep(for: .milliseconds(20))
         checker.released(ticket)
         let hold = try #require(checker.holds.first)
-        #expect(hold.acquired >= before)
-        // validUntil is 2 s after `now`, give or take the time between the two clock reads.
-        let expected = Int64(before) + 2_000_000_000
-        #expect(abs(Int64(hold.validUntil) - expected) < 50_000_000)
+        #expect(hold.acquired >= before && hold.acquired <= after)
+        // validUntil is 60 s after `now`, which was read between `before` and `after`; the checker's
+        // conversion to its clock (two reads inside `acquired`) adds at most that span again.
+        let expected = Int64(before) + 60_000_000_000
+        let slack = 2 * Int64(after - before) + 1_000_000
+        #expect(abs(Int64(hold.validUntil) - expected) <= slack, "slack \(slack) ns")
         let released = try #require(hold.released)
         #expect(released >= hold.acquired + 20_000_000)
         #expect(!hold.overran)
         // A renewal moves the validity forward.
         let renewed = Lock(
-            resource: "r", value: "v", validity: .seconds(5), ttl: .seconds(6), validUntil: now + .seconds(5),
+            resource: "r", value: "v", validity: .seconds(120), ttl: .seconds(121),
+            validUntil: now + .seconds(120),
             attempts: 1, nodes: [])
         checker.renewed(ticket, to: renewed)
-        #expect(checker.holds[0].validUntil > hold.validUntil + 2_900_000_000)
+        #expect(Int64(checker.holds[0].validUntil) >= Int64(hold.validUntil) + 60_000_000_000 - slack)
     }
 
     @Test func concurrentRecordingKeepsEveryHold() async {

@@ -285,6 +285,13 @@ extension Failover {
 
             let lockA = try await clientA.lock(resource, ttl: .seconds(5))
             checker.acquired(lockA, client: "A")
+            // `lock` returns once a quorum granted: wait until every node has A's key (and so its AOF).
+            _ = try await Fault.waitUntil("A's key on every node") {
+                for server in group.servers where try await Fault.get(server, resource) != lockA.value {
+                    return false
+                }
+                return true
+            }
             for index in 0..<2 {
                 let oldPID = group[index].pid
                 #expect(try await Fault.kill9(group[index]))

@@ -1,4 +1,4 @@
-// Counting this process's descriptors, for the leak checks of tests and soaks.
+// Counting this process's descriptors (Linux: /proc/self/fd), for the leak checks of tests and soaks.
 
 import Foundation
 
@@ -10,16 +10,14 @@ import Foundation
     import Darwin
 #endif
 
-// MARK: - Descriptors of this process (Linux: /proc/self/fd), for leak checks
-
 /// How many file descriptors this process has open (entries of /proc/self/fd). Other work in the
 /// process (tests running in parallel) moves it too; `socketsConnected(toPort:)` is exact.
 public func openDescriptorCount() -> Int {
     ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
 }
 
-/// How many of this process's descriptors are TCP sockets connected to a peer on `port` (found with
-/// getpeername; duplicates of one socket count once each).
+/// How many of this process's descriptors are TCP sockets connected to a peer on `port`, found with
+/// getpeername. Every descriptor counts, so a socket with two duplicates counts three times.
 public func socketsConnected(toPort port: Int) -> Int {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
     var count = 0

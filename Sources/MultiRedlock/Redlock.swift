@@ -650,9 +650,8 @@ public final class Redlock: Sendable {
     }
 
     /// One line per acquire attempt, with its outcome: `granted` or the error's kind, and the
-    /// details (the nodes that granted, or the error's message with its per-node evidence).
-    /// The line logged for each acquire attempt; `retryIn` is the random wait before the next attempt
-    /// (`retry_in_ms`), nil after the last one.
+    /// details (the nodes that granted, or the error's message with its per-node evidence). `retryIn`
+    /// is the random wait before the next attempt (`retry_in_ms`), nil after the last one.
     private func logAttempt(
         _ options: RedlockOptions, _ keys: [String], attempt: Int, _ result: Result<Lock, RedlockError>,
         elapsed: Duration, retryIn: Duration?

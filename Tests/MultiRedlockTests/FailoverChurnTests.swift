@@ -43,24 +43,29 @@ extension Failover {
             var socketsAfterWarmUp = 0
             let started = ContinuousClock.now
             for iteration in 0..<1_020 {
+                // Wait for a working connection, then kill it.
+                try await successfulCommand(after: iteration)
                 if iteration == 20 {
+                    // Taken while the connection is up: its sockets, the killer's, and perhaps those of
+                    // the connection killed last, whose descriptors close asynchronously.
                     descriptorsAfterWarmUp = openDescriptorCount()
                     socketsAfterWarmUp = socketsConnected(toPort: server.port)
                 }
-                // Wait for a working connection, then kill it.
-                try await successfulCommand(after: iteration)
                 let reply = try await killer.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
                 if iteration >= 20 { killed += Int(reply?.dropFirst() ?? "") ?? 0 }
             }
             // One more successful command after the last kill.
             try await successfulCommand(after: 1_020)
             let elapsed = ContinuousClock.now - started
-            // Exact: this process's descriptors on the server's port (the connection's socket and the
-            // killer's) are back to their number after the warm-up once the last old socket is closed.
+            // This process's descriptors on the server's port (the connection's and the killer's) come
+            // back to at most their number after the warm-up once the old sockets are closed: nothing
+            // else in the process uses that port, so a leak per reconnect would leave 1,000 more.
             var socketsAfter = socketsConnected(toPort: server.port)
-            _ = try await Fault.waitUntil("sockets to the server back to \(socketsAfterWarmUp)") {
+            _ = try await Fault.waitUntil(
+                timeout: .seconds(10), "sockets to the server back to \(socketsAfterWarmUp)"
+            ) {
                 socketsAfter = socketsConnected(toPort: server.port)
-                return socketsAfter == socketsAfterWarmUp
+                return socketsAfter <= socketsAfterWarmUp
             }
             let descriptorsAfter = openDescriptorCount()
             let connectionsAfter = Int(try await Fault.info(server, "total_connections_received") ?? "") ?? -1

@@ -66,6 +66,7 @@ let package = Package(
             dependencies: [
                 "MultiRedlock", "MultiRedlockTesting", "LocalRedis",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "LocalRedisTests", dependencies: ["LocalRedis"]),

@@ -1,3 +1,4 @@
+import InMemoryLogging
 import Logging
 import MultiRedlockTesting
 import Synchronization
@@ -287,9 +288,10 @@ struct RedlockUnitTests {
     func jitter() async throws {
         let nodes = makeNodes(3)
         for node in nodes { node.set(key: "r", value: "foreign") }
-        let log = CapturedLog()
+        let log = InMemoryLogHandler()
         var options = testOptions(retries: 3, retryWait: .milliseconds(50))
-        options.logger = log.logger
+        options.logger = Logger(label: "test") { _ in log }
+        options.logger.logLevel = .trace
         let redlock = try Redlock(nodes: nodes, options: options)
         var calls: [Duration] = []
         for _ in 0..<8 {
@@ -298,7 +300,7 @@ struct RedlockUnitTests {
             calls.append(ContinuousClock.now - start)
         }
         // One line per attempt, 4 per call; each names the wait before the next attempt, the last none.
-        let attempts = log.lines.filter { $0.message == "acquire attempt" }
+        let attempts = log.entries.filter { $0.message == "acquire attempt" }
         try #require(attempts.count == 32)
         let waits = attempts.map { $0.metadata["retry_in_ms"].flatMap { Double("\($0)") } }
         for (index, wait) in waits.enumerated() {
@@ -837,39 +839,5 @@ struct RedlockUnitTests {
         #expect(holders.value == 0)
         #expect(grants.value >= 1)
         #expect(nodes.allSatisfy { $0.value(of: "shared") == nil })
-    }
-}
-
-/// A logger whose lines are kept for the test to read.
-private final class CapturedLog: Sendable {
-    struct Line: Sendable {
-        var level: Logger.Level
-        var message: String
-        var metadata: Logger.Metadata
-    }
-
-    private let storage = Locked<[Line]>([])
-    var lines: [Line] { storage.withLock { $0 } }
-
-    var logger: Logger {
-        Logger(label: "captured") { _ in Handler(log: self) }
-    }
-
-    private struct Handler: LogHandler {
-        let log: CapturedLog
-        var logLevel: Logger.Level = .trace
-        var metadata: Logger.Metadata = [:]
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            let line = Line(
-                level: event.level, message: event.message.description,
-                metadata: metadata.merging(event.metadata ?? [:]) { $1 })
-            log.storage.withLock { $0.append(line) }
-        }
     }
 }

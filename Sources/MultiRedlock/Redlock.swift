@@ -255,9 +255,10 @@ public final class Redlock: Sendable {
             attempt += 1
             let attemptStart = ContinuousClock.now
             let result = await acquireOnce(keys, value: value, ttl: ttl, options: options, attempt: attempt)
-            let elapsed = ContinuousClock.now - attemptStart
+            let attemptEnd = ContinuousClock.now
+            let elapsed = attemptEnd - attemptStart
             // A key set in this attempt lives at most ttl from now.
-            let expiry = ContinuousClock.now + ttl
+            let expiry = attemptEnd + ttl
             switch result {
             case .success(let lock):
                 logAttempt(options, keys, attempt: attempt, result, elapsed: elapsed, retryIn: nil)

@@ -302,12 +302,7 @@ func eventually(
     timeout: Duration = .seconds(5), sourceLocation: SourceLocation = #_sourceLocation,
     _ condition: () throws -> Bool
 ) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    #expect(try condition(), "condition did not hold within \(timeout)", sourceLocation: sourceLocation)
+    _ = try await Fault.waitUntil(timeout: timeout, sourceLocation: sourceLocation, condition)
 }
 
 /// A short-lived client (a CLI, a cron job) that fails to lock, or unlocks, and closes at once must

@@ -9,12 +9,14 @@ TEST_ARGS    ?=
 TSAN_FILTER  ?= ConnectionTests|FaultTests|RedlockIntegrationTests|CloseReleasesFirstTests|ScopedLockTests|MultiResourceAndFencingTests|RestartedNodeTests|RedlockUnitTests|MockNodeTests
 # How long `make soak` runs scenario 12 (redlock clients contending while servers crash and hang), in seconds.
 DURATION     ?= 600
+# How long `make churn` opens, kills and closes sockets from many tasks at once, in seconds.
+CHURN_SECONDS ?= 60
 # Tests to leave out under ThreadSanitizer (a regular expression; none by default).
 TSAN_SKIP    ?=
 # Where test runs keep their redis-server directories (pidfiles, logs); made fresh for each run.
 TMPROOT      ?= /tmp
 
-.PHONY: all deps build test test-only lint format tsan asan demo clean bench verify soak
+.PHONY: all deps build test test-only lint format tsan asan demo clean bench verify soak churn
 
 all: build
 
@@ -84,6 +86,13 @@ soak: deps
 	@root=$$(mktemp -d $(TMPROOT)/multiredlock-soak.XXXXXX); \
 	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
 	MULTIREDLOCK_TEST_DIR="$$root" MULTIREDLOCK_SOAK_SECONDS="$(DURATION)" $(SWIFT) test --filter SoakTests
+
+## churn: sockets refused, killed mid-command and closed by 12 tasks at once for CHURN_SECONDS (default
+## 60; the regression test for the socket watcher, see Sources/Hiredis/SocketWatcher.swift)
+churn: deps
+	@root=$$(mktemp -d $(TMPROOT)/multiredlock-churn.XXXXXX); \
+	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
+	MULTIREDLOCK_TEST_DIR="$$root" MULTIREDLOCK_CHURN_SECONDS="$(CHURN_SECONDS)" $(SWIFT) test --filter SocketChurnTests
 
 ## verify: model-check the fencing-token protocol with spin (Tests/Model/fencing.pml); the broken
 ## variant without write-back must produce a counterexample

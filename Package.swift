@@ -24,8 +24,10 @@ let package = Package(
             path: "Modules/CHiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
+        // Linux's epoll(7), which the Glibc module leaves out: the socket watcher of layer 2.
+        .systemLibrary(name: "CEpoll", path: "Modules/CEpoll"),
         // Layer 2: hiredis async contexts driven by a Dispatch event loop.
-        .target(name: "Hiredis", dependencies: ["CHiredis"]),
+        .target(name: "Hiredis", dependencies: ["CHiredis", "CEpoll"]),
         // Layer 3: the Redlock algorithm.
         .target(
             name: "MultiRedlock",

@@ -45,7 +45,7 @@ final class ConnectionCore: @unchecked Sendable {
 
     private var phase = Phase.backoff
     private var context: UnsafeMutablePointer<redisAsyncContext>?
-    private var adapter: DispatchEventAdapter?
+    private var adapter: EventAdapter?
     /// Commands handed to hiredis, in the order their replies will come.
     private var inflight = FIFO<Pending>()
     /// Commands sent while connecting: they go out once the handshake is done.
@@ -210,8 +210,8 @@ final class ConnectionCore: @unchecked Sendable {
             connectFailed(error(.connectFailed, reason))
             return
         }
-        let adapter: DispatchEventAdapter
-        switch DispatchEventAdapter.attach(to: context, queue: queue) {
+        let adapter: EventAdapter
+        switch EventAdapter.attach(to: context, queue: queue) {
         case .success(let attached):
             adapter = attached
         case .failure(let failure):
@@ -446,7 +446,6 @@ final class ConnectionCore: @unchecked Sendable {
 
     func close(then completion: (@Sendable () -> Void)?) {
         queue.async {
-            let adapter = self.adapter
             if self.phase != .closed {
                 let failure = self.error(.closed, "connection was closed")
                 self.phase = .closed
@@ -457,14 +456,10 @@ final class ConnectionCore: @unchecked Sendable {
                     self.report(.disconnected(failure))
                 }
             }
-            // After the deferred free that dropContext queued, and once the event sources are
-            // unregistered and their descriptor closed.
+            // dropContext stopped watching the socket at once and queued the free that closes it:
+            // the completion runs after that free.
             if let completion {
-                if let adapter {
-                    adapter.whenReleased(completion)
-                } else {
-                    self.queue.async { completion() }
-                }
+                self.queue.async { completion() }
             }
         }
     }

@@ -25,9 +25,9 @@ import Synchronization
 /// > Note: hiredis 0.14.1 writes with `write(2)`, which raises SIGPIPE on a closed socket. The first
 /// > connection created sets SIGPIPE to ignored, unless the process already installed a handler.
 ///
-/// > Note: while connected, a connection holds three file descriptors (hiredis's socket and one
-/// > duplicate each for the read and the write event source), all close-on-exec: a process the
-/// > application spawns does not inherit them.
+/// > Note: while connected, a connection holds one file descriptor, hiredis's socket, close-on-exec:
+/// > a process the application spawns does not inherit it. All connections share one more, the
+/// > socket watcher's epoll instance, and its thread.
 public final class RedisConnection: Sendable {
     /// The server this connection talks to.
     public let server: RedisServer
@@ -113,7 +113,7 @@ public final class RedisConnection: Sendable {
     }
 
     /// Closes the connection: every pending command fails with a
-    /// ``RedisConnectionError/Kind/closed`` error, the context is freed, and no event source or file
+    /// ``RedisConnectionError/Kind/closed`` error, the context is freed, and no socket watch or file
     /// descriptor is left behind once this returns. Later commands fail with the same error.
     public func close() async {
         await withCheckedContinuation { continuation in

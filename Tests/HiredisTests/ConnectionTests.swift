@@ -665,7 +665,7 @@ struct ConnectionTests {
         let server = try await startServer()
         defer { stopInBackground(server) }
         let address = server.address()
-        // Connect, PING, then close while idle: the write source is suspended by then.
+        // Connect, PING, then close while idle: writability is no longer watched by then.
         for index in 0..<300 {
             let connection = try RedisConnection(server: address, options: .patient)
             #expect(await connection.result(of: ["PING"], within: .seconds(10)) == .success(.status("PONG")))

@@ -1,0 +1,219 @@
+import CEpoll
+import Dispatch
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Tells connections when their sockets are readable or writable: one epoll instance and one thread
+/// for the whole process. The thread only waits and forwards; each event runs on the connection's
+/// own serial queue, where all its other work runs too.
+///
+/// Why not `DispatchSource` read and write sources, which this package used first: libdispatch's
+/// epoll backend on Linux (as shipped with Swift 6.3.1) crashed under it, three different ways.
+/// - CI, ThreadSanitizer run: the manager thread died in `_dispatch_source_merge_evt` →
+///   `_dispatch_source_refs_finalize_unregistration` ("Source finalized twice").
+/// - AddressSanitizer run: SEGV in `_dispatch_unote_unregister_muxed`.
+/// - Refused connects whose event never came (about 1 in 3 with only a write source armed).
+///
+/// All three fit one defect in libdispatch's `event_epoll.c`: on EPOLLHUP (a reset or refused
+/// socket: what crashed servers and CLIENT KILL produce) it marks the source for deletion, and
+/// the deletion then runs on the source's target queue, not on the manager thread that owns the
+/// unsynchronised registration lists it edits. swift-corelibs-libdispatch issues #949 and #833
+/// (open) report the same family. Watching the socket ourselves takes that code out of the path.
+///
+/// Lifetimes: a `Watch` is in `table` from `watch(...)` until `Watch.cancel()`, which also removes
+/// it from epoll, synchronously. An event the thread had already collected for a cancelled watch
+/// finds nothing in the table (ids are never reused), or reaches a cancelled watch and is
+/// dropped; so hiredis may close the socket right after `cancel()`.
+// @unchecked Sendable: `epollFD` is immutable; `table` is behind its lock.
+final class SocketWatcher: @unchecked Sendable {
+    /// Started on first use; a failure (no epoll instance, no thread) is kept, and every attach
+    /// reports it.
+    static let shared: Result<SocketWatcher, WatchFailure> = start()
+
+    struct WatchFailure: Error {
+        let message: String
+    }
+
+    private struct Table {
+        var nextID: UInt64 = 1
+        var watches: [UInt64: Watch] = [:]
+    }
+
+    private let epollFD: Int32
+    private let table = Locked(Table())
+
+    private init(epollFD: Int32) {
+        self.epollFD = epollFD
+    }
+
+    private static func start() -> Result<SocketWatcher, WatchFailure> {
+        let epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard epollFD >= 0 else {
+            return .failure(
+                WatchFailure(message: "epoll_create1 failed: \(String(cString: strerror(errno)))"))
+        }
+        let watcher = SocketWatcher(epollFD: epollFD)
+        // The thread runs for the life of the process and owns this reference.
+        let context = Unmanaged.passRetained(watcher).toOpaque()
+        var thread = pthread_t()
+        let created = pthread_create(
+            &thread, nil,
+            { context in
+                guard let context else { return nil }
+                Unmanaged<SocketWatcher>.fromOpaque(context).takeRetainedValue().run()
+            }, context)
+        guard created == 0 else {
+            Unmanaged<SocketWatcher>.fromOpaque(context).release()
+            return .failure(
+                WatchFailure(
+                    message: "cannot start the socket watcher thread: \(String(cString: strerror(created)))"))
+        }
+        pthread_detach(thread)
+        return .success(watcher)
+    }
+
+    /// Starts watching `descriptor`: readability always, writability while `wantsWrite`. Call on
+    /// `queue`; the handlers run there, one event at a time.
+    func watch(
+        _ descriptor: Int32, queue: DispatchQueue, wantsWrite: Bool,
+        onReadable: @escaping () -> Void, onWritable: @escaping () -> Void
+    ) -> Result<Watch, WatchFailure> {
+        let watch = table.withLock { table in
+            let watch = Watch(
+                id: table.nextID, descriptor: descriptor, queue: queue, watcher: self, wantsWrite: wantsWrite,
+                onReadable: onReadable, onWritable: onWritable)
+            table.nextID += 1
+            table.watches[watch.id] = watch
+            return watch
+        }
+        var event = watch.event()
+        guard epoll_ctl(epollFD, EPOLL_CTL_ADD, descriptor, &event) == 0 else {
+            let message = "cannot watch the socket (epoll_ctl): \(String(cString: strerror(errno)))"
+            watch.markCancelled()
+            forget(watch)
+            return .failure(WatchFailure(message: message))
+        }
+        return .success(watch)
+    }
+
+    fileprivate func modify(_ watch: Watch) {
+        var event = watch.event()
+        // Fails only if the descriptor is no longer open, which the adapter rules out: hiredis
+        // closes its socket only after the cleanup hook has cancelled the watch.
+        _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, watch.descriptor, &event)
+    }
+
+    fileprivate func remove(_ watch: Watch) {
+        _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, watch.descriptor, nil)
+        forget(watch)
+    }
+
+    private func forget(_ watch: Watch) {
+        _ = table.withLock { $0.watches.removeValue(forKey: watch.id) }
+    }
+
+    /// The thread's loop: wait, look the batch up under one lock, hand each event to its queue.
+    private func run() -> Never {
+        let capacity: Int32 = 64
+        var events = [epoll_event](repeating: epoll_event(), count: Int(capacity))
+        while true {
+            let count = events.withUnsafeMutableBufferPointer {
+                epoll_wait(epollFD, $0.baseAddress, capacity, -1)
+            }
+            if count < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                // Only a closed or invalid epoll descriptor gets here: something in the process
+                // closed a descriptor that was not its own.
+                fatalError("epoll_wait on the socket watcher failed: \(String(cString: strerror(code)))")
+            }
+            let ready = events.prefix(Int(count)).map { (id: $0.data.u64, events: $0.events) }
+            let found = table.withLock { table in ready.map { table.watches[$0.id] } }
+            for (watch, event) in zip(found, ready) {
+                guard let watch else { continue }
+                let bits = event.events
+                watch.queue.async { watch.deliver(bits) }
+            }
+        }
+    }
+}
+
+/// One socket's registration with the ``SocketWatcher``. Armed one-shot: the kernel disarms it
+/// when it reports an event, and `deliver` re-arms it after the handlers ran, so a connection
+/// handles one event at a time, on its queue. Everything below is touched only on `queue`.
+// @unchecked Sendable: the mutable state is touched only on `queue` (the connection's serial queue);
+// the watcher thread reads only the immutable `id` and `queue`.
+final class Watch: @unchecked Sendable {
+    let id: UInt64
+    let descriptor: Int32
+    let queue: DispatchQueue
+    private let watcher: SocketWatcher
+    private var onReadable: (() -> Void)?
+    private var onWritable: (() -> Void)?
+    private var wantsWrite: Bool
+    private var delivering = false
+    private(set) var isCancelled = false
+
+    fileprivate init(
+        id: UInt64, descriptor: Int32, queue: DispatchQueue, watcher: SocketWatcher, wantsWrite: Bool,
+        onReadable: @escaping () -> Void, onWritable: @escaping () -> Void
+    ) {
+        self.id = id
+        self.descriptor = descriptor
+        self.queue = queue
+        self.watcher = watcher
+        self.wantsWrite = wantsWrite
+        self.onReadable = onReadable
+        self.onWritable = onWritable
+    }
+
+    fileprivate func event() -> epoll_event {
+        var bits = EPOLLIN.rawValue | EPOLLONESHOT.rawValue
+        if wantsWrite { bits |= EPOLLOUT.rawValue }
+        var event = epoll_event()
+        event.events = bits
+        event.data.u64 = id
+        return event
+    }
+
+    /// Turns the writability half on or off (hiredis's addWrite and delWrite).
+    func setWantsWrite(_ wanted: Bool) {
+        guard !isCancelled, wantsWrite != wanted else { return }
+        wantsWrite = wanted
+        // While the handlers run, `deliver` re-arms with the new interest when they are done.
+        if !delivering { watcher.modify(self) }
+    }
+
+    /// Stops the watch, synchronously: no handler runs after this returns, and the descriptor may
+    /// be closed. Idempotent.
+    func cancel() {
+        guard !isCancelled else { return }
+        markCancelled()
+        watcher.remove(self)
+    }
+
+    fileprivate func markCancelled() {
+        isCancelled = true
+        onReadable = nil
+        onWritable = nil
+    }
+
+    /// Runs the handlers for one event, then re-arms. An error or hang-up goes to both handlers
+    /// (writability first: that is how hiredis learns that a connect failed), so hiredis reads
+    /// the error and drops the connection; a handler that does so cancels the watch.
+    fileprivate func deliver(_ bits: UInt32) {
+        guard !isCancelled else { return }
+        let failed = bits & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0
+        delivering = true
+        if wantsWrite, failed || bits & EPOLLOUT.rawValue != 0 {
+            onWritable?()
+        }
+        if !isCancelled, failed || bits & EPOLLIN.rawValue != 0 {
+            onReadable?()
+        }
+        delivering = false
+        if !isCancelled { watcher.modify(self) }
+    }
+}

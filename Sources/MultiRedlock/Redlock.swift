@@ -223,7 +223,9 @@ public final class Redlock: Sendable {
     }
 
     /// Acquires a lock on `resource`, retrying with random waits in `0...retryWait` until `timeout`
-    /// has passed (instead of a number of retries).
+    /// has passed (instead of a number of retries). It fails no sooner than `timeout`: a wait that
+    /// would end past the deadline is cut short, and one last attempt starts at the deadline, so
+    /// a failure comes at most one attempt (bounded by `nodeTimeout`) after it.
     /// - Throws: as ``lock(_:ttl:)``; the error of the last attempt when the time is up.
     public func lock(_ resource: String, ttl: Duration, waitingUpTo timeout: Duration) async throws -> Lock {
         let options = try prepare([resource], ttl: ttl)
@@ -270,12 +272,18 @@ public final class Redlock: Sendable {
                 metrics.acquireDuration.recordInterval(since: start)
                 return lock
             case .failure(let error):
-                let wait = Duration.random(upTo: options.retryWait)
-                let exhausted =
-                    switch limit {
-                    case .attempts(let count): attempt >= count
-                    case .deadline(let deadline): ContinuousClock.now + wait >= deadline
-                    }
+                var wait = Duration.random(upTo: options.retryWait)
+                let exhausted: Bool
+                switch limit {
+                case .attempts(let count):
+                    exhausted = attempt >= count
+                case .deadline(let deadline):
+                    // Retry until the deadline has passed, never sleeping past it: a wait that would
+                    // cross it is cut short, so the last attempt starts at the deadline.
+                    let now = ContinuousClock.now
+                    exhausted = now >= deadline
+                    wait = min(wait, deadline - now)
+                }
                 let last = exhausted || error.kind == .closed || Task.isCancelled
                 logAttempt(
                     options, keys, attempt: attempt, result, elapsed: elapsed, retryIn: last ? nil : wait)

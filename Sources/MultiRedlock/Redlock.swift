@@ -224,8 +224,8 @@ public final class Redlock: Sendable {
 
     /// Acquires a lock on `resource`, retrying with random waits in `0...retryWait` until `timeout`
     /// has passed (instead of a number of retries). It fails no sooner than `timeout`: a wait that
-    /// would end past the deadline is cut short, and one last attempt starts at the deadline, so
-    /// a failure comes at most one attempt (bounded by `nodeTimeout`) after it.
+    /// would end past the deadline is cut short, and one last attempt starts once it is reached, so
+    /// a failure comes at most one release and one attempt (each bounded by `nodeTimeout`) after it.
     /// - Throws: as ``lock(_:ttl:)``; the error of the last attempt when the time is up.
     public func lock(_ resource: String, ttl: Duration, waitingUpTo timeout: Duration) async throws -> Lock {
         let options = try prepare([resource], ttl: ttl)
@@ -279,10 +279,9 @@ public final class Redlock: Sendable {
                     exhausted = attempt >= count
                 case .deadline(let deadline):
                     // Retry until the deadline has passed, never sleeping past it: a wait that would
-                    // cross it is cut short, so the last attempt starts at the deadline.
-                    let now = ContinuousClock.now
-                    exhausted = now >= deadline
-                    wait = min(wait, deadline - now)
+                    // cross it is cut short, so the last attempt starts once the deadline is reached.
+                    exhausted = attemptEnd >= deadline
+                    wait = min(wait, deadline - attemptEnd)
                 }
                 let last = exhausted || error.kind == .closed || Task.isCancelled
                 logAttempt(

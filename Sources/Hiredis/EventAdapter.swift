@@ -20,13 +20,11 @@ import Dispatch
 final class EventAdapter: @unchecked Sendable {
     private let context: UnsafeMutablePointer<redisAsyncContext>
     private let queue: DispatchQueue
+    /// The socket's watch, from `attach` until `detach()`: by hiredis's cleanup hook (the context
+    /// is being freed) or by the owner (about to free it). No handler touches the context after.
     private var watch: Watch?
     private var flushScheduled = false
     private var inWriteHandler = false
-
-    /// Set once the watch is cancelled: by hiredis's cleanup hook (the context is being freed)
-    /// or by `detach()` (the owner is about to free it). No handler touches the context after.
-    private(set) var isDetached = false
     /// Set by hiredis's cleanup hook: hiredis is freeing, or has freed, the context.
     private(set) var contextFreed = false
 
@@ -79,12 +77,12 @@ final class EventAdapter: @unchecked Sendable {
     }
 
     private func handleRead() {
-        guard !isDetached else { return }
+        guard watch != nil else { return }
         redisAsyncHandleRead(context)
     }
 
     private func handleWrite() {
-        guard !isDetached else { return }
+        guard watch != nil else { return }
         inWriteHandler = true
         redisAsyncHandleWrite(context)
         inWriteHandler = false
@@ -104,9 +102,9 @@ final class EventAdapter: @unchecked Sendable {
     /// of waiting for writability, so commands issued in one turn leave in one write(2).
     /// While connecting, and when a flush could not write everything, wait for writability.
     private func addWrite() {
-        guard !isDetached else { return }
+        guard let watch else { return }
         if inWriteHandler || CHiredis_REDIS_CONNECTED(context) == 0 {
-            watch?.setWantsWrite(true)
+            watch.setWantsWrite(true)
         } else if !flushScheduled {
             flushScheduled = true
             queue.async { [weak self] in self?.flush() }
@@ -114,7 +112,6 @@ final class EventAdapter: @unchecked Sendable {
     }
 
     private func delWrite() {
-        guard !isDetached else { return }
         watch?.setWantsWrite(false)
     }
 
@@ -132,8 +129,6 @@ final class EventAdapter: @unchecked Sendable {
     /// Stops watching the socket, synchronously; afterwards no handler calls into the context and
     /// the socket may be closed. Idempotent.
     func detach() {
-        guard !isDetached else { return }
-        isDetached = true
         watch?.cancel()
         watch = nil
     }

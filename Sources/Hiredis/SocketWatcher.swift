@@ -129,11 +129,12 @@ final class SocketWatcher: @unchecked Sendable {
                 // closed a descriptor that was not its own.
                 fatalError("epoll_wait on the socket watcher failed: \(String(cString: strerror(code)))")
             }
-            let ready = events.prefix(Int(count)).map { (id: $0.data.u64, events: $0.events) }
-            let found = table.withLock { table in ready.map { table.watches[$0.id] } }
-            for (watch, event) in zip(found, ready) {
-                guard let watch else { continue }
-                let bits = event.events
+            let ready = table.withLock { table in
+                events.prefix(Int(count)).compactMap { event in
+                    table.watches[event.data.u64].map { (watch: $0, bits: event.events) }
+                }
+            }
+            for (watch, bits) in ready {
                 watch.queue.async { watch.deliver(bits) }
             }
         }

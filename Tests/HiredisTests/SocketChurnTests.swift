@@ -89,9 +89,8 @@ struct SocketChurnTests {
                                 await connection.result(of: ["PING"], within: .seconds(10))
                             }
                             switch (refusingWorker, result) {
-                            case (true, .some(.failure(let error)))
-                            where (error.kind == .connectFailed || error.kind == .notConnected)
-                                && elapsed < options.connectTimeout:
+                            case (true, .some(let refusal))
+                            where refusal.isRefusal && elapsed < options.connectTimeout:
                                 tally.refused += 1
                             case (true, _):
                                 tally.stalls.append("\(String(describing: result)) after \(elapsed)")

@@ -202,6 +202,12 @@ extension Result where Failure == RedisConnectionError {
         if case .failure(let error) = self { error.kind } else { nil }
     }
 
+    /// Whether this is how a command answers when the connect is refused: the connect failed, or
+    /// the connection was down, waiting to retry it.
+    var isRefusal: Bool {
+        errorKind == .connectFailed || errorKind == .notConnected
+    }
+
     /// The error, nil on success.
     var failure: RedisConnectionError? {
         if case .failure(let error) = self { error } else { nil }

@@ -17,8 +17,8 @@ struct ConnectionTests {
     // MARK: - Round trips
 
     @Test func pingSetGetAndErrorReplies() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let connection = try RedisConnection(server: server.address(), options: .patient)
 
         #expect(try await connection.send(["PING"]) == .status("PONG"))
@@ -44,8 +44,8 @@ struct ConnectionTests {
     }
 
     @Test func tenThousandCommandsInFlightKeepTheirOrder() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         // The test is about ordering, not deadlines: a loaded machine must not turn it into a timeout.
         let connection = try RedisConnection(
             server: server.address(),
@@ -86,8 +86,8 @@ struct ConnectionTests {
     }
 
     @Test func binaryArgumentsAndLargeValuesRoundTripByteExact() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let connection = try RedisConnection(
             server: server.address(),
             options: .init(commandTimeout: .seconds(20))
@@ -142,8 +142,8 @@ struct ConnectionTests {
     }
 
     @Test func emptyCommandFailsAsInvalidWithoutReachingTheServer() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let connection = try RedisConnection(server: server.address(), options: .patient)
         let result = try #require(await connection.result(of: RedisCommand([]), within: .seconds(5)))
         #expect(result.errorKind == .invalidCommand)
@@ -170,8 +170,8 @@ struct ConnectionTests {
 
     @Test func passwordIsSentAndSentAgainAfterAReconnect() async throws {
         let password = "pass-\(UUID().uuidString)"
-        let server = try await startServer(.init(password: password))
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start(.init(password: password))
+        defer { server.stopInBackground() }
         let log = StateLog()
         let connection = try RedisConnection(
             server: server.address(password: password),
@@ -180,11 +180,11 @@ struct ConnectionTests {
         )
         let key = unique("auth")
         #expect(try await connection.send(["SET", key, "authenticated"]) == .status("OK"))
-        #expect(try await server.cliOffPool("GET", key) == "authenticated")
+        #expect(try await server.cli("GET", key) == "authenticated")
         #expect(!connection.server.description.contains(password))
 
         // The server drops the connection; the reconnect must authenticate again.
-        _ = try await server.cliOffPool("CLIENT", "KILL", "TYPE", "normal")
+        _ = try await server.cli("CLIENT", "KILL", "TYPE", "normal")
         #expect(await log.waitUntil { $0.filter { $0 == .connected }.count >= 2 })
         #expect(await connection.becomesUsable())
         #expect(try await connection.send(["GET", key]) == .bulk("authenticated"))
@@ -194,8 +194,8 @@ struct ConnectionTests {
     @Test func wrongPasswordFailsAsAuthenticationFailedWithoutShowingIt() async throws {
         let password = "right-\(UUID().uuidString)"
         let wrong = "wrong-\(UUID().uuidString)"
-        let server = try await startServer(.init(password: password))
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start(.init(password: password))
+        defer { server.stopInBackground() }
         let log = StateLog()
         let connection = try RedisConnection(
             server: server.address(password: wrong),
@@ -233,8 +233,8 @@ struct ConnectionTests {
     }
 
     @Test func missingPasswordFailsAsAuthenticationFailed() async throws {
-        let server = try await startServer(.init(password: "pass-\(UUID().uuidString)"))
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start(.init(password: "pass-\(UUID().uuidString)"))
+        defer { server.stopInBackground() }
         let connection = try RedisConnection(server: server.address(), options: .patient)
         let result = try #require(await connection.result(of: ["PING"], within: .seconds(10)))
         #expect(result.failure?.failed(because: .authenticationFailed) == true, "\(result)")
@@ -243,8 +243,9 @@ struct ConnectionTests {
 
     @Test func aclUserAuthenticatesWithNameAndPassword() async throws {
         let user = ACLUser(name: "locker", password: "acl-\(UUID().uuidString)")
-        let server = try await startServer(.init(password: "default-\(UUID().uuidString)", aclUsers: [user]))
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start(
+            .init(password: "default-\(UUID().uuidString)", aclUsers: [user]))
+        defer { server.stopInBackground() }
         let connection = try RedisConnection(
             server: server.address(password: user.password, username: user.name), options: .patient)
         #expect(try await connection.send(["ACL", "WHOAMI"]) == .bulk("locker"))
@@ -261,30 +262,30 @@ struct ConnectionTests {
     }
 
     @Test func configuredDatabaseIsSelectedOnEveryConnect() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let log = StateLog()
         let connection = try RedisConnection(
             server: server.address(database: 3), options: .patient, onStateChange: log.observer)
         let key = unique("db3")
         #expect(try await connection.send(["SET", key, "in-three"]) == .status("OK"))
-        #expect(try await server.cliOffPool("-n", "3", "GET", key) == "in-three")
-        #expect(try await server.cliOffPool("-n", "0", "EXISTS", key) == "0")
+        #expect(try await server.cli("-n", "3", "GET", key) == "in-three")
+        #expect(try await server.cli("-n", "0", "EXISTS", key) == "0")
 
         // After a reconnect, SELECT runs again.
-        _ = try await server.cliOffPool("CLIENT", "KILL", "TYPE", "normal")
+        _ = try await server.cli("CLIENT", "KILL", "TYPE", "normal")
         #expect(await log.waitUntil { $0.filter { $0 == .connected }.count >= 2 })
         #expect(await connection.becomesUsable())
         let second = unique("db3-again")
         #expect(try await connection.send(["SET", second, "still-three"]) == .status("OK"))
-        #expect(try await server.cliOffPool("-n", "3", "GET", second) == "still-three")
-        #expect(try await server.cliOffPool("-n", "0", "EXISTS", second) == "0")
+        #expect(try await server.cli("-n", "3", "GET", second) == "still-three")
+        #expect(try await server.cli("-n", "0", "EXISTS", second) == "0")
         await connection.close()
     }
 
     @Test func missingDatabaseFailsTheHandshake() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let connection = try RedisConnection(server: server.address(database: 99), options: .patient)
         let result = try #require(await connection.result(of: ["PING"], within: .seconds(10)))
         #expect(result.failure?.failed(because: .handshakeFailed) == true, "\(result)")
@@ -292,8 +293,8 @@ struct ConnectionTests {
     }
 
     @Test func unixSocketServer() async throws {
-        let server = try await startServer(.init(unixSocket: true))
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start(.init(unixSocket: true))
+        defer { server.stopInBackground() }
         let connection = try RedisConnection(server: try server.unixAddress(), options: .patient)
         #expect(try await connection.send(["PING"]) == .status("PONG"))
         // CLIENT INFO's flags show U for a unix socket client.
@@ -302,7 +303,7 @@ struct ConnectionTests {
         #expect(flags.contains("U"), "CLIENT INFO: \(info)")
         let key = unique("unix")
         #expect(try await connection.send(["SET", key, "over-unix"]) == .status("OK"))
-        #expect(try await server.cliOffPool("GET", key) == "over-unix")
+        #expect(try await server.cli("GET", key) == "over-unix")
         await connection.close()
     }
 
@@ -356,8 +357,8 @@ struct ConnectionTests {
     }
 
     @Test func hostNameIsResolved() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let connection = try RedisConnection(
             server: RedisServer(host: "localhost", port: server.port), options: .patient)
         #expect(try await connection.send(["PING"]) == .status("PONG"))
@@ -382,8 +383,8 @@ struct ConnectionTests {
     // MARK: - Observer and close
 
     @Test func observerReportsConnectedOnceAndCloseFailsLaterCommands() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let log = StateLog()
         let connection = try RedisConnection(
             server: server.address(), options: .patient, onStateChange: log.observer)
@@ -408,8 +409,8 @@ struct ConnectionTests {
     }
 
     @Test func closeWithCommandsPendingCompletesEveryOneOnce() async throws {
-        let server = try await startServer(.init(enableDebugCommand: true))
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start(.init(enableDebugCommand: true))
+        defer { server.stopInBackground() }
         let address = server.address()
 
         // Sent before the connection is up.
@@ -460,8 +461,8 @@ struct ConnectionTests {
     }
 
     @Test func sendersOnManyThreadsRacingCloseAllComplete() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let connection = try RedisConnection(server: server.address(), options: .patient)
         #expect(try await connection.send(["PING"]) == .status("PONG"))
         let results = Collector<CommandResult>()
@@ -489,8 +490,8 @@ struct ConnectionTests {
     // MARK: - Resources and callback re-entrancy
 
     @Test func connectCloseCyclesLeakNoFileDescriptors() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let address = server.address()
         func cycle() async -> String? {
             let connection: RedisConnection
@@ -529,10 +530,13 @@ struct ConnectionTests {
     /// no file actions, so it keeps every descriptor that lacks the flag) does not hold the TCP
     /// connection open after `close()`.
     @Test func childProcessesDoNotInheritTheConnection() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
-        let connection = try RedisConnection(server: server.address())
-        #expect(await connection.result(of: ["PING"], within: .seconds(5)) == .success(.status("PONG")))
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
+        // Patient: this test is about descriptors, not timeouts. With the default 1 s connect timeout,
+        // this first PING once failed on CI while a sanitizer run was starting its first servers.
+        let connection = try RedisConnection(server: server.address(), options: .patient)
+        let ping = await connection.result(of: ["PING"], within: .seconds(15))
+        #expect(ping == .success(.status("PONG")), "\(String(describing: ping))")
         let child = try spawnInheritingEverything("/bin/sleep", "5")
         defer {
             _ = kill(child, SIGKILL)
@@ -549,8 +553,8 @@ struct ConnectionTests {
     /// Connections opened and closed from several tasks at once: a descriptor that one connection
     /// frees is at once reused by another's socket, and that socket must still get its events.
     @Test func concurrentConnectCloseCyclesNeverLoseEvents() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let refusing = try RefusingPort()
         defer { refusing.release() }
         // A stalled connection shows up as a .connectTimeout (or a command timeout) after 3 s or more
@@ -586,8 +590,8 @@ struct ConnectionTests {
     }
 
     @Test func closeFromInsideTheObserverDoesNotCrash() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         for round in 0..<100 {
             // Odd rounds close explicitly; even rounds drop the last reference inside the callback.
             let explicit = round % 2 == 1
@@ -623,8 +627,8 @@ struct ConnectionTests {
     }
 
     @Test func closeFromInsideACompletionHandlerDoesNotCrash() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         for _ in 0..<100 {
             let connection = try RedisConnection(server: server.address(), options: .patient)
             let results = Collector<CommandResult>()
@@ -657,8 +661,8 @@ struct ConnectionTests {
     }
 
     @Test func idleConnectionsCloseAndDropWithoutCrashing() async throws {
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let address = server.address()
         // Connect, PING, then close while idle: writability is no longer watched by then.
         for index in 0..<300 {

@@ -51,8 +51,8 @@ struct SocketChurnTests {
         let seconds = try #require(
             Self.seconds, "MULTIREDLOCK_CHURN_SECONDS must be a whole number of seconds")
         try #require(seconds > 0, "MULTIREDLOCK_CHURN_SECONDS must be positive")
-        let server = try await startServer()
-        defer { stopInBackground(server) }
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         let refusing = try RefusingPort()
         defer { refusing.release() }
         let options = RedisConnectionOptions(connectTimeout: .seconds(3), commandTimeout: .seconds(4))

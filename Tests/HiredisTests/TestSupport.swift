@@ -16,25 +16,6 @@ import Testing
 
 // MARK: - Servers
 
-/// Runs blocking work (starting, pausing, killing a server, running redis-cli) on a thread of its
-/// own. Neither the cooperative pool nor Dispatch's worker threads (which the connections' queues run
-/// on) have more threads than cores, and blocking them would delay every connection in the process.
-func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}
-
-/// Stops `server` on a thread of its own (for `defer`, which cannot await): see `offPool`.
-func stopInBackground(_ server: RedisServerProcess) {
-    Thread { server.stop() }.start()
-}
-
-/// Starts a local redis-server (see `RedisServerProcess.start`) off the cooperative pool.
-func startServer(_ configuration: RedisServerConfiguration = .init()) async throws -> RedisServerProcess {
-    try await offPool { try RedisServerProcess.start(configuration) }
-}
-
 extension RedisServerProcess {
     /// This server's TCP address, for a `RedisConnection`.
     func address(password: String? = nil, username: String? = nil, database: Int? = nil) -> RedisServer {
@@ -46,14 +27,9 @@ extension RedisServerProcess {
         RedisServer(unixSocket: try #require(unixSocketPath, "the server has no unix socket"))
     }
 
-    /// Runs redis-cli off the cooperative pool.
-    func cliOffPool(_ arguments: String...) async throws -> String {
-        try await offPool { [self] in try cli(arguments: arguments) }
-    }
-
     /// `connected_clients` from INFO: how many connections the server has, redis-cli's included.
     func connectedClients() async throws -> Int? {
-        let info = try await cliOffPool("INFO", "clients")
+        let info = try await cli("INFO", "clients")
         let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("connected_clients:") }
         return line.flatMap { Int($0.dropFirst("connected_clients:".count)) }
     }
@@ -179,6 +155,18 @@ extension RedisConnection {
         }
     }
 
+    /// `result(of:)` with how long after the call its completion ran: the connection's own
+    /// promptness, without the time this task then waits for a thread of the cooperative pool.
+    func timedResult(
+        of command: RedisCommand,
+        within limit: Duration = .seconds(15)
+    ) async -> (result: CommandResult, elapsed: Duration)? {
+        let start = ContinuousClock.now
+        return await awaitCallback(within: limit) { done in
+            send(command) { done(($0, ContinuousClock.now - start)) }
+        }
+    }
+
     /// Closes the connection and returns whether `close` finished within `limit`.
     func closed(within limit: Duration = .seconds(10)) async -> Bool {
         await awaitCallback(within: limit) { done in close { done(true) } } ?? false
@@ -280,6 +268,7 @@ final class Collector<Value: Sendable>: Sendable {
         var values: [Int: Value] = [:]
         var order: [Int] = []
         var duplicates = 0
+        var lastRecordedAt: ContinuousClock.Instant?
     }
 
     private let state = Locked(State())
@@ -295,6 +284,7 @@ final class Collector<Value: Sendable>: Sendable {
             } else {
                 state.values[index] = value
                 state.order.append(index)
+                state.lastRecordedAt = .now
             }
         }
     }
@@ -304,6 +294,8 @@ final class Collector<Value: Sendable>: Sendable {
     /// Indices in the order their handlers ran.
     var order: [Int] { withLock { $0.order } }
     var duplicates: Int { withLock { $0.duplicates } }
+    /// When the latest distinct result was recorded (in the handler, on the connection's queue).
+    var lastRecordedAt: ContinuousClock.Instant? { withLock { $0.lastRecordedAt } }
 
     /// Waits until `expected` distinct results arrived, for up to `limit`; returns whether they did.
     func waitFor(_ expected: Int, within limit: Duration = .seconds(10)) async -> Bool {

@@ -1,4 +1,5 @@
 import Foundation
+import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
 import Testing
@@ -246,7 +247,7 @@ struct CheckerTests {
         let python = "/usr/bin/python3"
         try #require(FileManager.default.isExecutableFile(atPath: python), "needs \(python)")
         let before = MutualExclusionChecker.now()
-        let output = try await Fault.blocking {
+        let output = try await offPool {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: python)
             process.arguments = ["-S", "-c", "import time; print(time.monotonic_ns())"]

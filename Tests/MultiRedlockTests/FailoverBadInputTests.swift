@@ -21,8 +21,8 @@ extension Failover {
             ("whitespace", " \r\n\t "),
         ])
         func unusualResourceNamesWork(label: String, resource: String) async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(
                 group.ports, Fault.options(nodeTimeout: .seconds(2)))
             let lock = try await redlock.lock(resource, ttl: .seconds(10))
@@ -47,8 +47,8 @@ extension Failover {
         }
 
         @Test func emptyResourceAndBadTTLsAreRefusedBeforeAnyIO() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let options = Fault.options()
             let redlock = try await Fault.connectedRedlock(group.ports, options)
             let tooSmall: [Duration] = [
@@ -85,14 +85,14 @@ extension Failover {
         /// A ttl of 10^12 s (10^15 ms) is legal for Redis: it either works (and is released) or is
         /// refused before any I/O with a typed error (the library caps ttls at 100 years).
         @Test func enormousTTLWorksOrIsRefused() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports)
             let resource = Fault.resource()
             do {
                 let lock = try await redlock.lock(resource, ttl: .seconds(1_000_000_000_000))
                 #expect(lock.validity > .seconds(900_000_000_000))
-                let pttl = Int64(try await Fault.cli(group[0], "PTTL", resource)) ?? 0
+                let pttl = Int64(try await group[0].cli("PTTL", resource)) ?? 0
                 #expect(pttl > 999_999_000_000_000)
                 #expect(try await redlock.release(lock) == 3)
                 print("bad input: ttl 10^12 s works")
@@ -112,8 +112,8 @@ extension Failover {
         /// The servers belong to this process (a child that traps runs no clean-up); the children find
         /// their ports in a file named after this process's pid.
         @Test func ttlsBeyondWhatServersAcceptFailWithATypedError() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let portsFile = Self.exitTestPortsFile(for: getpid())
             try group.ports.map(String.init).joined(separator: ",").write(
                 toFile: portsFile, atomically: true, encoding: .utf8)
@@ -225,8 +225,8 @@ extension Failover {
         /// An unknown host: `lock` fails with `.quorumUnavailable` in bounded time, with the other
         /// nodes' keys released.
         @Test func unknownHostFailsWithoutHanging() async throws {
-            let group = try await Fault.startGroup(count: 1)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 1)
+            defer { group.stopInBackground() }
             let servers = [
                 RedisServer(host: "no-such-host-1.invalid", port: 6379), Fault.address(group[0].port),
                 RedisServer(host: "no-such-host-2.invalid", port: 6379),
@@ -255,8 +255,8 @@ extension Failover {
         @Test func wrongPasswordFailsWithoutLeakingIt() async throws {
             let right = "Right-\(UInt32.random(in: 0...UInt32.max))"
             let wrong = "Wr0ng-\(UInt32.random(in: 0...UInt32.max))"
-            let group = try await Fault.startGroup(count: 3, RedisServerConfiguration(password: right))
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3, RedisServerConfiguration(password: right))
+            defer { group.stopInBackground() }
             let servers = group.ports.map { Fault.address($0, password: wrong) }
             let redlock = try Redlock(servers: servers, options: Fault.options())
             let resource = Fault.resource()
@@ -300,8 +300,8 @@ extension Failover {
         /// Aliases of one server (127.0.0.1 and localhost) are accepted, but cannot vote twice: SET NX
         /// grants the key once, so the lock still needs a real majority.
         @Test func aliasesOfOneServerCannotVoteTwice() async throws {
-            let group = try await Fault.startGroup(count: 2)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 2)
+            defer { group.stopInBackground() }
             let servers = [
                 Fault.address(group[0].port), RedisServer(host: "localhost", port: group[0].port),
                 Fault.address(group[1].port),
@@ -314,7 +314,7 @@ extension Failover {
             #expect(lock.nodes.contains(servers[2].description), "the second real server is needed")
             #expect(try await redlock.release(lock) == 2)
 
-            #expect(try await Fault.kill9(group[1]))
+            #expect(await group[1].kill9())
             #expect(!group[1].isRunning)
             let error = try await #require(throws: RedlockError.self) {
                 try await redlock.lock(resource, ttl: .seconds(5))

@@ -234,7 +234,7 @@ struct CounterContention {
         let holds = directory + "/holds"
         try "0\n".write(toFile: counter, atomically: true, encoding: .utf8)
         _ = FileManager.default.createFile(atPath: holds, contents: nil)
-        let monotonic = try await Fault.blocking { try FaultCLI.monotonicCommand(in: directory) }
+        let monotonic = try await offPool { try FaultCLI.monotonicCommand(in: directory) }
         let ttlNanoseconds = UInt64(configuration.ttlMilliseconds) * 1_000_000
         // Read, sleep, write: two holders at once would lose an increment.
         let script = """
@@ -263,17 +263,17 @@ struct CounterContention {
                 let index = Int.random(in: 0..<group.count)
                 let server = group[index]
                 if Bool.random() {
-                    let killed = try await Fault.kill9(server)
+                    let killed = await server.kill9()
                     let dead = !server.isRunning
                     try await Task.sleep(for: .milliseconds(200))
-                    try await Fault.restart(server)
+                    try await server.restart()
                     faults.append("kill9+restart node \(index) (dead: \(killed && dead))")
                     #expect(killed && dead, "round \(round): node \(index) did not die")
                 } else {
-                    let paused = try await Fault.pause(server)
+                    let paused = await server.pause()
                     let stopped = server.isPaused
                     try await Task.sleep(for: .milliseconds(300))
-                    _ = try await Fault.resume(server)
+                    _ = await server.resume()
                     faults.append("pause+resume node \(index) (stopped: \(paused && stopped))")
                     #expect(paused && stopped, "round \(round): node \(index) did not stop")
                 }
@@ -334,8 +334,8 @@ struct CounterContention {
         reporter.cancel()
         // Every server up again at the end.
         for server in group.servers {
-            if server.isPaused { _ = try await Fault.resume(server) }
-            if !server.isRunning { try await Fault.restart(server) }
+            if server.isPaused { _ = await server.resume() }
+            if !server.isRunning { try await server.restart() }
         }
 
         let text = try String(contentsOfFile: counter, encoding: .utf8)

@@ -10,8 +10,8 @@ extension Failover {
         /// 1,000 CLIENT KILLs against one `RedisConnection`, each followed by a successful command:
         /// the process's open file descriptors stay flat.
         @Test func thousandKillsLeakNoDescriptors() async throws {
-            let group = try await Fault.startGroup(count: 1)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 1)
+            defer { group.stopInBackground() }
             let server = group[0]
             let connection = try RedisConnection(
                 server: Fault.address(server.port),
@@ -96,8 +96,8 @@ extension Failover {
         /// most one lost-connection failure per kill instant. The checker finds no overlap, and nothing is
         /// left on the servers at the end.
         @Test func lockStreamSurvivesClientKills() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(
                 group.ports, Fault.options(retries: 0, nodeTimeout: .milliseconds(600)))
             let resource = Fault.resource()
@@ -264,13 +264,13 @@ extension Failover {
         /// `CONFIG SET timeout 1`: the servers close idle connections; after each idle gap the next
         /// lock succeeds on reconnected connections.
         @Test func idleTimeoutReconnects() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(
                 group.ports, Fault.options(retries: 1, nodeTimeout: .milliseconds(600)))
             for server in group.servers {
-                _ = try await Fault.cli(server, "CONFIG", "SET", "timeout", "1")
-                #expect(try await Fault.cli(server, "CONFIG", "GET", "timeout") == "timeout\n1")
+                _ = try await server.cli("CONFIG", "SET", "timeout", "1")
+                #expect(try await server.cli("CONFIG", "GET", "timeout") == "timeout\n1")
             }
             let resource = Fault.resource()
             for gap in 0..<2 {

@@ -16,8 +16,8 @@ extension Failover {
         /// while one random server at a time crashes (then restarts, with its AOF) or hangs (then
         /// resumes). The counter must be exactly 60 and no two recorded holds may overlap.
         @Test func clientsContendWhileServersCrashAndHang() async throws {
-            let group = try await Fault.startGroup(count: 3, RedisServerConfiguration(appendOnly: true))
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3, RedisServerConfiguration(appendOnly: true))
+            defer { group.stopInBackground() }
             var configuration = CounterContention.Configuration()
             configuration.workers = 4
             configuration.iterations = 15
@@ -48,8 +48,8 @@ extension Failover {
         /// holder's keys are untouched.
         @Test func stoppedClientLosesItsLockAndStopsItsCommand() async throws {
             let redlockPath = try FaultCLI.require()
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let directory = try FaultCLI.makeDirectory("sigstop")
             defer { try? FileManager.default.removeItem(atPath: directory) }
             let resource = Fault.resource()
@@ -95,7 +95,7 @@ extension Failover {
             for server in group.servers {
                 #expect(
                     try await Fault.get(server, resource) == lockB.value, "the new holder's key is untouched")
-                let pttl = Int(try await Fault.cli(server, "PTTL", resource)) ?? 0
+                let pttl = Int(try await server.cli("PTTL", resource)) ?? 0
                 #expect(pttl > 15_000, "and its ttl too: \(pttl)")
             }
             #expect(try await other.release(lockB) == 3)
@@ -109,8 +109,8 @@ extension Failover {
         /// printing the password.
         @Test func badInputThroughTheCLI() async throws {
             _ = try FaultCLI.require()
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let servers = FaultCLI.servers(group.ports)
             let secret = "S3cret-\(UInt32.random(in: 0...UInt32.max))"
             let port = group.ports[0]
@@ -193,9 +193,9 @@ extension Failover {
             #expect(unknown.elapsed < .seconds(10))
 
             // A wrong password → 69, the password printed nowhere.
-            let guarded = try await Fault.startGroup(
+            let guarded = try await RedisServerGroup.start(
                 count: 3, RedisServerConfiguration(password: "right-\(secret)"))
-            defer { guarded.stopAll() }
+            defer { guarded.stopInBackground() }
             let wrong = try await FaultChild.redlock(
                 ["--servers", FaultCLI.servers(guarded.ports), "acquire", "r"],
                 environment: ["REDLOCK_PASSWORD": secret])

@@ -18,8 +18,8 @@ extension Failover {
         /// by the two survivors once the kill is done, and no validity reaches past
         /// `call start + ttl − drift allowance`.
         @Test func oneNodeKilledWhileLocking() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             // This scenario is not about timeouts: a generous node timeout keeps a busy machine from
             // failing a lock for the wrong reason. retries 0, so the validity check below is exact.
             let options = Fault.options(retries: 0, nodeTimeout: .milliseconds(600))
@@ -50,7 +50,7 @@ extension Failover {
                 }
             }
             try await eventually(timeout: .seconds(20)) { grants.count >= 15 }
-            #expect(try await Fault.kill9(group[0]))
+            #expect(await group[0].kill9())
             killedAt.withLock { $0 = .now }
             #expect(!group[0].isRunning, "the node must really be dead")
             await loop.value
@@ -92,8 +92,8 @@ extension Failover {
         /// Scenario 2: two of three nodes down. `lock` fails with `.quorumUnavailable` within
         /// (retries + 1) × (nodeTimeout + retryWait) + margin, and the surviving node is left with no key.
         @Test func majorityDownFailsFastAndLeavesNothing() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let retries = 2
             let nodeTimeout = Duration.milliseconds(250)
             let retryWait = Duration.milliseconds(20)
@@ -102,8 +102,8 @@ extension Failover {
             let survivor = group[2]
             let setsBefore = try await Fault.commandCalls(survivor, "set")
 
-            #expect(try await Fault.kill9(group[0]))
-            #expect(try await Fault.kill9(group[1]))
+            #expect(await group[0].kill9())
+            #expect(await group[1].kill9())
             #expect(!group[0].isRunning && !group[1].isRunning)
 
             let resource = Fault.resource()
@@ -140,17 +140,17 @@ extension Failover {
         /// when the next attempt reaches the third node first, its own leftover must not count as
         /// someone else's refusal (the "connection errors reported as taken" bug of redlock-rb).
         @Test func ownLeftoverOfAFailedAttemptIsNotReportedAsTaken() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(
                 group.ports, Fault.options(retries: 3, nodeTimeout: .milliseconds(300), retryWait: .zero))
-            #expect(try await Fault.kill9(group[1]))
+            #expect(await group[1].kill9())
             #expect(!group[1].isRunning)
             var kinds: [RedlockError.Kind] = []
             var example: RedlockError?
             for round in 0..<20 {
                 let resource = Fault.resource() + "-\(round)"
-                _ = try await Fault.cli(group[2], "SET", resource, "someone-else", "PX", "30000")
+                _ = try await group[2].cli("SET", resource, "someone-else", "PX", "30000")
                 let error = try await #require(throws: RedlockError.self) {
                     try await redlock.lock(resource, ttl: .seconds(5))
                 }
@@ -174,8 +174,8 @@ extension Failover {
         /// the same resource, and the checker must find the overlap. Client B, connected before the
         /// crash, sees the servers' new run_id and does not count their grants until the ttl is over.
         @Test func restartWithoutPersistenceBreaksMutualExclusion() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let clientA = try await Fault.connectedRedlock(group.ports, Fault.options(id: "A"))
             let clientB = try await Fault.connectedRedlock(group.ports, Fault.options(id: "B", retries: 1))
             let resource = Fault.resource()
@@ -187,9 +187,9 @@ extension Failover {
             try await clientB.release(try await clientB.lock(Fault.resource(), ttl: .seconds(5)))
             for index in 0..<2 {
                 let oldPID = group[index].pid
-                #expect(try await Fault.kill9(group[index]))
+                #expect(await group[index].kill9())
                 #expect(!group[index].isRunning)
-                try await Fault.restart(group[index])
+                try await group[index].restart()
                 #expect(group[index].isRunning && group[index].pid != oldPID)
                 #expect(try await Fault.exists(group[index], resource) == false, "no AOF: the key is gone")
             }
@@ -228,8 +228,8 @@ extension Failover {
         /// Scenario 8: the restart delayed by the ttl. While A's lock is valid B cannot get it (two
         /// nodes down, the third holds A's key); B gets it only after, and no windows overlap.
         @Test func restartDelayedByTheTTLKeepsMutualExclusion() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let ttl = Duration.seconds(3)
             let clientA = try await Fault.connectedRedlock(group.ports, Fault.options(id: "A"))
             let clientB = try await Fault.connectedRedlock(group.ports, Fault.options(id: "B"))
@@ -238,12 +238,12 @@ extension Failover {
 
             let lockA = try await clientA.lock(resource, ttl: ttl)
             checker.acquired(lockA, client: "A")
-            #expect(try await Fault.kill9(group[0]))
-            #expect(try await Fault.kill9(group[1]))
+            #expect(await group[0].kill9())
+            #expect(await group[1].kill9())
             #expect(!group[0].isRunning && !group[1].isRunning)
             let restarts = Task {
-                try await Fault.restart(group[0], after: ttl)
-                try await Fault.restart(group[1])
+                try await group[0].restart(after: ttl)
+                try await group[1].restart()
             }
 
             var refusals: [RedlockError.Kind] = []
@@ -275,9 +275,9 @@ extension Failover {
         /// Scenario 8 with `appendonly yes` + `appendfsync always`: the restarted nodes still hold A's
         /// key, so B is refused with `.taken`, and nothing overlaps.
         @Test func restartWithAppendOnlyKeepsMutualExclusion() async throws {
-            let group = try await Fault.startGroup(count: 3, RedisServerConfiguration(appendOnly: true))
-            defer { group.stopAll() }
-            #expect(try await Fault.cli(group[0], "CONFIG", "GET", "appendfsync").hasSuffix("always"))
+            let group = try await RedisServerGroup.start(count: 3, RedisServerConfiguration(appendOnly: true))
+            defer { group.stopInBackground() }
+            #expect(try await group[0].cli("CONFIG", "GET", "appendfsync").hasSuffix("always"))
             let clientA = try await Fault.connectedRedlock(group.ports, Fault.options(id: "A"))
             let clientB = try await Fault.connectedRedlock(group.ports, Fault.options(id: "B", retries: 1))
             let resource = Fault.resource()
@@ -294,9 +294,9 @@ extension Failover {
             }
             for index in 0..<2 {
                 let oldPID = group[index].pid
-                #expect(try await Fault.kill9(group[index]))
+                #expect(await group[index].kill9())
                 #expect(!group[index].isRunning)
-                try await Fault.restart(group[index])
+                try await group[index].restart()
                 #expect(group[index].isRunning && group[index].pid != oldPID)
                 #expect(try await Fault.get(group[index], resource) == lockA.value, "the AOF kept A's key")
             }

@@ -16,7 +16,7 @@ final class FaultRawConnection: @unchecked Sendable {
     }
 
     func command(_ arguments: String..., timeout: Duration = .seconds(3)) async throws -> String? {
-        try await Fault.blocking { [self] in
+        try await offPool { [self] in
             try connection.send(arguments: arguments, timeout: timeout)
             return try Fault.readReply(connection, timeout: timeout)
         }
@@ -45,7 +45,7 @@ extension Failover {
             #expect(try await redlock.release(lock) == 2, sourceLocation: sourceLocation)
 
             let contested = Fault.resource()
-            _ = try await Fault.cli(group[1], "SET", contested, "someone-else", "PX", "30000")
+            _ = try await group[1].cli("SET", contested, "someone-else", "PX", "30000")
             let error = try await #require(throws: RedlockError.self, sourceLocation: sourceLocation) {
                 try await redlock.lock(contested, ttl: .seconds(10))
             }
@@ -68,27 +68,27 @@ extension Failover {
         }
 
         @Test func outOfMemory() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports)
             let node = group[0]
-            _ = try await Fault.cli(node, "SET", "filler", String(repeating: "x", count: 10_000))
-            _ = try await Fault.cli(node, "CONFIG", "SET", "maxmemory-policy", "noeviction")
-            _ = try await Fault.cli(node, "CONFIG", "SET", "maxmemory", "1")
-            #expect(try await Fault.cli(node, "CONFIG", "GET", "maxmemory") == "maxmemory\n1")
+            _ = try await node.cli("SET", "filler", String(repeating: "x", count: 10_000))
+            _ = try await node.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+            _ = try await node.cli("CONFIG", "SET", "maxmemory", "1")
+            #expect(try await node.cli("CONFIG", "GET", "maxmemory") == "maxmemory\n1")
             #expect(try await Fault.command(node.port, ["SET", "probe", "1"])?.hasPrefix("-OOM") == true)
             try await Self.expectVoteAgainst(group, redlock, fragment: "OOM")
             await redlock.close()
         }
 
         @Test func readOnlyReplica() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
-            let master = try await Fault.startGroup(count: 1)
-            defer { master.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
+            let master = try await RedisServerGroup.start(count: 1)
+            defer { master.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports)
             let node = group[0]
-            _ = try await Fault.cli(node, "REPLICAOF", "127.0.0.1", String(master[0].port))
+            _ = try await node.cli("REPLICAOF", "127.0.0.1", String(master[0].port))
             try await Fault.waitUntil(timeout: .seconds(10), "the replica is in sync") {
                 try await Fault.info(node, "master_link_status") == "up"
             }
@@ -102,12 +102,12 @@ extension Failover {
         /// `requirepass` set live: connections already authenticated go on working (Redis 7), a new
         /// one gets NOAUTH. Forcing a reconnect with CLIENT KILL makes the node refuse the handshake.
         @Test func noAuthAfterRequirepassAndReconnect() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports)
             let node = group[0]
             let password = "fault-pass-\(UInt32.random(in: 0...UInt32.max))"
-            _ = try await Fault.cli(node, "CONFIG", "SET", "requirepass", password)
+            _ = try await node.cli("CONFIG", "SET", "requirepass", password)
             #expect(try await Fault.command(node.port, ["PING"])?.hasPrefix("-NOAUTH") == true)
             #expect(try await Fault.command(node.port, ["PING"], password: password) == "+PONG")
 
@@ -127,13 +127,13 @@ extension Failover {
         }
 
         @Test func busyScript() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports)
             let node = group[0]
-            _ = try await Fault.cli(node, "CONFIG", "SET", "lua-time-limit", "10")
+            _ = try await node.cli("CONFIG", "SET", "lua-time-limit", "10")
             #expect(
-                try await Fault.cli(node, "CONFIG", "GET", "busy-reply-threshold")
+                try await node.cli("CONFIG", "GET", "busy-reply-threshold")
                     == "busy-reply-threshold\n10")
             let script = try FaultRawConnection(port: node.port)
             let scriptReply = Task {
@@ -157,8 +157,8 @@ extension Failover {
         /// `maxclients 1` with the slot taken by another client: the Redlock's reconnect is refused
         /// with "max number of clients reached".
         @Test func maxClientsReached() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports)
             let node = group[0]
             let holder = try FaultRawConnection(port: node.port)
@@ -180,8 +180,8 @@ extension Failover {
         /// NOSCRIPT: after SCRIPT FLUSH, one release reloads the script exactly once per node (one EVAL
         /// each, counted in INFO commandstats); the next release needs no reload.
         @Test func scriptFlushReloadsOncePerNode() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports)
             let resource = Fault.resource()
             try await redlock.release(try await redlock.lock(resource, ttl: .seconds(10)))
@@ -189,8 +189,8 @@ extension Failover {
             var evalBefore: [Int] = []
             var evalshaBefore: [Int] = []
             for server in group.servers {
-                #expect(try await Fault.cli(server, "SCRIPT", "FLUSH") == "OK")
-                #expect(try await Fault.cli(server, "SCRIPT", "EXISTS", Scripts.release.sha1) == "0")
+                #expect(try await server.cli("SCRIPT", "FLUSH") == "OK")
+                #expect(try await server.cli("SCRIPT", "EXISTS", Scripts.release.sha1) == "0")
                 evalBefore.append(try await Fault.commandCalls(server, "eval"))
                 evalshaBefore.append(try await Fault.commandCalls(server, "evalsha"))
             }
@@ -199,7 +199,7 @@ extension Failover {
                 #expect(
                     try await Fault.commandCalls(server, "eval") == evalBefore[index] + 1, "node \(index)")
                 #expect(try await Fault.commandCalls(server, "evalsha") == evalshaBefore[index] + 1)
-                #expect(try await Fault.cli(server, "SCRIPT", "EXISTS", Scripts.release.sha1) == "1")
+                #expect(try await server.cli("SCRIPT", "EXISTS", Scripts.release.sha1) == "1")
                 #expect(try await Fault.exists(server, resource) == false)
             }
             // Loaded again: the next release is one EVALSHA per node and no EVAL.

@@ -15,8 +15,8 @@ extension Failover {
         /// Scenario 3: one node hung. `lock` still succeeds, at most about `nodeTimeout` slower; after
         /// `resume()` the late SET lands, and the background release removes it well before its ttl.
         @Test func oneNodeHungLocksAndTheLateSetIsCleanedUp() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let nodeTimeout = Duration.milliseconds(250)
             let redlock = try await Fault.connectedRedlock(
                 group.ports, Fault.options(nodeTimeout: nodeTimeout))
@@ -35,9 +35,9 @@ extension Failover {
             let setsBefore = try await Fault.commandCalls(hung, "set")
             let expiredBefore = try await Fault.info(hung, "expired_keys")
 
-            #expect(try await Fault.pause(hung))
+            #expect(await hung.pause())
             #expect(hung.isPaused, "the node must really be stopped")
-            #expect(try await Fault.blocking { hung.rawPing(timeout: .milliseconds(200)) } == nil)
+            #expect(try await offPool { hung.rawPing(timeout: .milliseconds(200)) } == nil)
 
             var paused: [Duration] = []
             var values: [String] = []
@@ -63,7 +63,7 @@ extension Failover {
                 #expect(try await Fault.exists(server, resource) == false)
             }
 
-            #expect(try await Fault.resume(hung))
+            #expect(await hung.resume())
             #expect(!hung.isPaused)
             let resumed = ContinuousClock.now
             // The first SET sent while hung was applied after SIGCONT…
@@ -87,13 +87,13 @@ extension Failover {
         /// fails after about `nodeTimeout`, whatever state the hung nodes' connections are in (first
         /// timeout, reconnecting to a server that accepts but never answers, backing off).
         @Test func eachAttemptAgainstAHungMajorityTakesAboutTheNodeTimeout() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let nodeTimeout = Duration.milliseconds(250)
             let redlock = try await Fault.connectedRedlock(
                 group.ports, Fault.options(retries: 0, nodeTimeout: nodeTimeout))
             for server in [group[0], group[1]] {
-                #expect(try await Fault.pause(server))
+                #expect(await server.pause())
                 #expect(server.isPaused)
             }
             var durations: [Duration] = []
@@ -105,7 +105,7 @@ extension Failover {
                 durations.append(ContinuousClock.now - started)
                 #expect(error.kind == .quorumUnavailable)
             }
-            for server in [group[0], group[1]] { #expect(try await Fault.resume(server)) }
+            for server in [group[0], group[1]] { #expect(await server.resume()) }
             let text = durations.map { "\(Int(Fault.milliseconds($0)))" }.joined(separator: ", ")
             print(
                 "scenario 4: single attempts against a hung majority took [\(text)] ms (nodeTimeout 250 ms)")
@@ -120,8 +120,8 @@ extension Failover {
         /// retryWait) + retries × nodeTimeout (the release awaited between attempts waits for the hung
         /// nodes too) + margin; after `resume()` the late SETs land and are released everywhere.
         @Test func majorityHungFailsWithinTheBoundAndLeavesNothing() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let retries = 2
             let nodeTimeout = Duration.milliseconds(250)
             let retryWait = Duration.milliseconds(20)
@@ -133,7 +133,7 @@ extension Failover {
             for server in hung { setsBefore.append(try await Fault.commandCalls(server, "set")) }
 
             for server in hung {
-                #expect(try await Fault.pause(server))
+                #expect(await server.pause())
                 #expect(server.isPaused)
             }
             let started = ContinuousClock.now
@@ -154,7 +154,7 @@ extension Failover {
             }
 
             for server in hung {
-                #expect(try await Fault.resume(server))
+                #expect(await server.resume())
                 #expect(!server.isPaused)
             }
             let resumed = ContinuousClock.now

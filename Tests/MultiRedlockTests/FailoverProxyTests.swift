@@ -8,8 +8,8 @@ extension Failover {
     /// server → client bytes are dropped).
     @Suite struct Proxy {
         @Test func proxyForwardsAndDrops() async throws {
-            let group = try await Fault.startGroup(count: 1)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 1)
+            defer { group.stopInBackground() }
             let proxy = try TCPProxy(targetPort: group[0].port)
             defer { proxy.stop() }
             #expect(try await Fault.command(proxy.port, ["PING"]) == "+PONG")
@@ -32,8 +32,8 @@ extension Failover {
         /// counts as not granted (a timeout in the evidence when its vote is needed), and its key, which
         /// did land, is released once replies flow again.
         @Test func oneNodeLosesRepliesAfterTheWrite() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let proxy = try TCPProxy(targetPort: group[0].port)
             defer { proxy.stop() }
             let proxied = Fault.address(proxy.port).description
@@ -75,7 +75,7 @@ extension Failover {
             // When its vote is needed, the dropping node is a timeout, not a grant.
             try await eventually(timeout: .seconds(5)) { redlock.nodes[0].isConnected }
             let other = Fault.resource()
-            _ = try await Fault.cli(group[2], "SET", other, "someone-else", "PX", "30000")
+            _ = try await group[2].cli("SET", other, "someone-else", "PX", "30000")
             proxy.dropReplies = true
             let error = try await #require(throws: RedlockError.self) {
                 try await redlock.lock(other, ttl: ttl)
@@ -98,8 +98,8 @@ extension Failover {
         /// Two of three nodes behind dropping proxies: the lock fails, is released on the healthy node
         /// at once, and on the other two once their replies flow again.
         @Test func twoNodesLoseRepliesAfterTheWrite() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let proxies = [try TCPProxy(targetPort: group[0].port), try TCPProxy(targetPort: group[1].port)]
             defer { for proxy in proxies { proxy.stop() } }
             let ttl = Duration.seconds(10)

@@ -11,8 +11,8 @@ extension Failover {
         /// the resource. When A resumes, `renew` fails with `.notHeld` and does not re-acquire, and
         /// `unlock`/`release` with A's value leave B's key alone.
         @Test func clientPausedPastItsValidity() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let clientA = try await Fault.connectedRedlock(group.ports, Fault.options(id: "A"))
             let clientB = try await Fault.connectedRedlock(group.ports, Fault.options(id: "B"))
             let resource = Fault.resource()
@@ -41,7 +41,7 @@ extension Failover {
             try await Task.sleep(for: .milliseconds(300))
             for server in group.servers {
                 #expect(try await Fault.get(server, resource) == lockB.value, "B's key is untouched")
-                let pttl = Int(try await Fault.cli(server, "PTTL", resource)) ?? 0
+                let pttl = Int(try await server.cli("PTTL", resource)) ?? 0
                 #expect(pttl > 8_000, "renew did not shorten B's ttl to A's 1 s: \(pttl)")
             }
             #expect(lockB.isValid)
@@ -58,8 +58,8 @@ extension Failover {
         /// Scenario 10: ttl 500 ms, wait 1 s: renew and release report `.notHeld`; a foreign key set on
         /// one node meanwhile is untouched, and no key is re-created elsewhere.
         @Test func expiredLockIsNotHeldAndForeignKeyIsUntouched() async throws {
-            let group = try await Fault.startGroup(count: 3)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 3)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports)
             let resource = Fault.resource()
             let lock = try await redlock.lock(resource, ttl: .milliseconds(500))
@@ -67,7 +67,7 @@ extension Failover {
             for server in group.servers {
                 #expect(try await Fault.exists(server, resource) == false)
             }
-            _ = try await Fault.cli(group[0], "SET", resource, "foreign", "PX", "30000")
+            _ = try await group[0].cli("SET", resource, "foreign", "PX", "30000")
 
             let renewError = try await #require(throws: RedlockError.self) { try await redlock.renew(lock) }
             #expect(renewError.kind == .notHeld, "\(renewError)")
@@ -79,7 +79,7 @@ extension Failover {
             try await Task.sleep(for: .milliseconds(300))
 
             #expect(try await Fault.get(group[0], resource) == "foreign")
-            let pttl = Int(try await Fault.cli(group[0], "PTTL", resource)) ?? 0
+            let pttl = Int(try await group[0].cli("PTTL", resource)) ?? 0
             #expect(pttl > 25_000, "the foreign key's ttl was not touched: \(pttl)")
             #expect(try await Fault.exists(group[1], resource) == false, "renew must not re-create the key")
             #expect(try await Fault.exists(group[2], resource) == false)
@@ -90,8 +90,8 @@ extension Failover {
         /// exactly when at least 3 are free, and fails as `.taken` exactly when more than 2 are taken;
         /// foreign values are never touched and ours never stay behind.
         @Test func quorumMasksOnFiveServers() async throws {
-            let group = try await Fault.startGroup(count: 5)
-            defer { group.stopAll() }
+            let group = try await RedisServerGroup.start(count: 5)
+            defer { group.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports, Fault.options(retries: 0))
             #expect(redlock.quorum == 3)
             let names = group.ports.map { Fault.address($0).description }

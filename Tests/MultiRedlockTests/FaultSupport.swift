@@ -67,44 +67,6 @@ enum Fault {
         return ContinuousClock.now - start
     }
 
-    // MARK: Blocking work off the cooperative pool
-
-    /// Runs blocking work (redis-cli, kill, pause, restart, sockets) on a Dispatch thread: the
-    /// cooperative pool has only as many threads as cores, and other suites run in parallel.
-    static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async {
-                continuation.resume(with: Result { try body() })
-            }
-        }
-    }
-
-    static func cli(_ server: RedisServerProcess, _ arguments: String...) async throws -> String {
-        try await blocking { try server.cli(arguments: arguments) }
-    }
-
-    static func startGroup(count: Int, _ configuration: RedisServerConfiguration = .init()) async throws
-        -> RedisServerGroup
-    {
-        try await blocking { try RedisServerGroup.start(count: count, configuration) }
-    }
-
-    static func kill9(_ server: RedisServerProcess) async throws -> Bool {
-        try await blocking { server.kill9() }
-    }
-
-    static func pause(_ server: RedisServerProcess) async throws -> Bool {
-        try await blocking { server.pause() }
-    }
-
-    static func resume(_ server: RedisServerProcess) async throws -> Bool {
-        try await blocking { server.resume() }
-    }
-
-    static func restart(_ server: RedisServerProcess, after delay: Duration = .zero) async throws {
-        try await blocking { try server.restart(after: delay) }
-    }
-
     // MARK: Looking at servers
 
     /// `EXISTS key` through a fresh raw connection (so it works whatever the Redlock's connection
@@ -159,7 +121,7 @@ enum Fault {
     )
         async throws -> String?
     {
-        try await blocking {
+        try await offPool {
             let connection = try RawRedisConnection(port: port, timeout: timeout)
             defer { connection.close() }
             if let password {
@@ -402,4 +364,19 @@ final class FaultFlag: Sendable {
     private let value = Atomic<Bool>(false)
     func set() { value.store(true, ordering: .releasing) }
     var isSet: Bool { value.load(ordering: .acquiring) }
+}
+
+extension Sequence {
+    /// `map` with an async transform, one element after the other.
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
+
+    /// `allSatisfy` with an async predicate, one element after the other.
+    func asyncAllSatisfy(_ predicate: (Element) async throws -> Bool) async rethrows -> Bool {
+        for element in self where !(try await predicate(element)) { return false }
+        return true
+    }
 }

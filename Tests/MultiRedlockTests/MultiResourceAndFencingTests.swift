@@ -32,20 +32,20 @@ struct MultiResourceAndFencingTests {
         return clients
     }
 
-    @Test func newScriptDigestsMatchTheServers() throws {
-        let server = try RedisServerProcess.start()
-        defer { server.stop() }
+    @Test func newScriptDigestsMatchTheServers() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
         for script in [
             Scripts.acquireAll, Scripts.extendAll, Scripts.releaseAll, Scripts.acquireFenced,
             Scripts.raiseFence,
         ] {
-            #expect(try server.cli("SCRIPT", "LOAD", script.source) == script.sha1)
+            #expect(try await server.cli("SCRIPT", "LOAD", script.source) == script.sha1)
         }
     }
 
     @Test func allKeysOrNone() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
         let base = RedlockIntegrationTests.uniqueResource()
         let keys = ["\(base)-a", "\(base)-b", "\(base)-c"]
@@ -55,15 +55,17 @@ struct MultiResourceAndFencingTests {
         #expect(lock.resource == keys.joined(separator: ","))
         // Polled: `lock` and `renew` return once a quorum answered; the last node may follow a moment later.
         for server in group.servers {
-            try await eventually { try keys.allSatisfy { try server.cli("GET", $0) == lock.value } }
+            try await eventually {
+                try await keys.asyncAllSatisfy { try await server.cli("GET", $0) == lock.value }
+            }
         }
         let renewStarted = ContinuousClock.now
         let renewed = try await redlock.renew(lock, ttl: .seconds(30))
         // Each key's ttl is exactly 30 s from a moment after renewStarted (time-invariant on a slow machine).
         for server in group.servers {
             try await eventually {
-                try keys.allSatisfy { key in
-                    let pttl = Int(try server.cli("PTTL", key)) ?? -1
+                try await keys.asyncAllSatisfy { key in
+                    let pttl = Int(try await server.cli("PTTL", key)) ?? -1
                     return pttl <= 30_000
                         && pttl >= 30_000 - RedlockIntegrationTests.milliseconds(since: renewStarted)
                 }
@@ -71,31 +73,31 @@ struct MultiResourceAndFencingTests {
         }
         #expect(try await redlock.release(renewed) == 3)
         for server in group.servers {
-            for key in keys { #expect(try server.cli("EXISTS", key) == "0") }
+            for key in keys { #expect(try await server.cli("EXISTS", key) == "0") }
         }
 
         // One key held elsewhere on one node: that node sets none of them, the other two grant.
-        try group[0].cli("SET", keys[1], "someone-else", "PX", "30000")
+        try await group[0].cli("SET", keys[1], "someone-else", "PX", "30000")
         let partial = try await redlock.lock(keys, ttl: .seconds(10))
         #expect(partial.nodes.count == 2)
-        #expect(try group[0].cli("EXISTS", keys[0], keys[2]) == "0")
+        #expect(try await group[0].cli("EXISTS", keys[0], keys[2]) == "0")
         try await redlock.release(partial)
 
         // Held on two nodes: no quorum, and nothing of ours is left anywhere.
-        try group[1].cli("SET", keys[1], "someone-else", "PX", "30000")
+        try await group[1].cli("SET", keys[1], "someone-else", "PX", "30000")
         let error = try await #require(throws: RedlockError.self) {
             try await redlock.lock(keys, ttl: .seconds(10))
         }
         #expect(error.kind == .taken)
         try await eventually {
-            try group.servers.allSatisfy { try $0.cli("EXISTS", keys[0], keys[2]) == "0" }
+            try await group.servers.asyncAllSatisfy { try await $0.cli("EXISTS", keys[0], keys[2]) == "0" }
         }
-        #expect(try group[0].cli("GET", keys[1]) == "someone-else")
+        #expect(try await group[0].cli("GET", keys[1]) == "someone-else")
 
         // Renew fails once one key is gone on a majority: all or none.
-        for server in group.servers { try server.cli("DEL", keys[1]) }
+        for server in group.servers { try await server.cli("DEL", keys[1]) }
         let held = try await redlock.lock(keys, ttl: .seconds(10))
-        for server in group.servers.prefix(2) { try server.cli("DEL", keys[2]) }
+        for server in group.servers.prefix(2) { try await server.cli("DEL", keys[2]) }
         let renewError = try await #require(throws: RedlockError.self) { try await redlock.renew(held) }
         #expect(renewError.kind == .notHeld)
         try await redlock.release(held)
@@ -110,8 +112,8 @@ struct MultiResourceAndFencingTests {
     }
 
     @Test func fencingTokensStrictlyIncreaseAcrossClients() async throws {
-        let group = try RedisServerGroup.start(count: 3, .init(appendOnly: true))
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3, .init(appendOnly: true))
+        defer { group.stopInBackground() }
         let clients = try await Self.clients(3, on: group, id: "fence", retries: 50)
         let resource = RedlockIntegrationTests.uniqueResource()
         var tokens: [Int64] = []
@@ -121,21 +123,21 @@ struct MultiResourceAndFencingTests {
             try await clients[round % clients.count].release(lock)
             // A minority node crashes and comes back with its data (appendfsync always).
             if round == 100 {
-                #expect(group[0].kill9())
+                #expect(await group[0].kill9())
                 #expect(!group[0].isRunning)
             }
-            if round == 150 { try group[0].restart() }
+            if round == 150 { try await group[0].restart() }
         }
         #expect(zip(tokens, tokens.dropFirst()).allSatisfy { $0 < $1 })
         #expect(tokens.first == 1)
         // The counter is on the nodes, never lowered.
-        #expect(try group[1].cli("GET", Lock.fencingKey(for: resource)) == String(tokens.last!))
+        #expect(try await group[1].cli("GET", Lock.fencingKey(for: resource)) == String(tokens.last!))
         for client in clients { await client.close() }
     }
 
     @Test func concurrentFencedGrantsAreOrdered() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let resource = RedlockIntegrationTests.uniqueResource()
         let clients = try await Self.clients(4, on: group, id: "race", retries: 1000)
         // Each holder records (token, start, end); holds never overlap, so tokens must follow time.
@@ -162,8 +164,8 @@ struct MultiResourceAndFencingTests {
     @Test func aMajorityThatLosesItsDataBreaksTheTokens() async throws {
         // Negative test: the assumption is that nodes keep their counters. Without persistence, a
         // majority restarted empty hands out a token that goes backwards.
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let resource = RedlockIntegrationTests.uniqueResource()
         let before = try await Self.redlock(group, fencing: true, id: "before")
         var last: Int64 = 0
@@ -175,11 +177,11 @@ struct MultiResourceAndFencingTests {
         await before.close()
         #expect(last == 5)
         for server in group.servers.prefix(2) {
-            #expect(server.kill9())
-            try server.restart()
+            #expect(await server.kill9())
+            try await server.restart()
         }
-        #expect(group[2].pause())  // the one node that kept its counter is out of reach
-        defer { group[2].resume() }
+        // The one node that kept its counter is out of reach (the group's stop resumes it).
+        #expect(await group[2].pause())
         let after = try await Self.redlock(group, fencing: true, id: "after", quorumOnly: true)
         let lock = try await after.lock(resource, ttl: .seconds(2))
         #expect(try #require(lock.fencingToken) <= last)
@@ -188,8 +190,8 @@ struct MultiResourceAndFencingTests {
     }
 
     @Test func fencingIsForSingleResources() async throws {
-        let group = try RedisServerGroup.start(count: 1)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 1)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group, fencing: true)
         let error = try await #require(throws: RedlockError.self) {
             try await redlock.lock(["a", "b"], ttl: .seconds(1))

@@ -32,16 +32,16 @@ struct RedlockIntegrationTests {
         "it-\(name.prefix { $0 != "(" })-\(UInt64.random(in: 0...UInt64.max))"
     }
 
-    @Test func scriptDigestsMatchTheServers() throws {
-        let server = try RedisServerProcess.start()
-        defer { server.stop() }
-        #expect(try server.cli("SCRIPT", "LOAD", Scripts.release.source) == Scripts.release.sha1)
-        #expect(try server.cli("SCRIPT", "LOAD", Scripts.extend.source) == Scripts.extend.sha1)
+    @Test func scriptDigestsMatchTheServers() async throws {
+        let server = try await RedisServerProcess.start()
+        defer { server.stopInBackground() }
+        #expect(try await server.cli("SCRIPT", "LOAD", Scripts.release.source) == Scripts.release.sha1)
+        #expect(try await server.cli("SCRIPT", "LOAD", Scripts.extend.source) == Scripts.extend.sha1)
     }
 
     @Test func lockRenewUnlockRoundTrip() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
         let resource = Self.uniqueResource()
 
@@ -60,8 +60,8 @@ struct RedlockIntegrationTests {
         // granted, and the last SET may land a moment later.
         for server in group.servers {
             try await eventually {
-                guard try server.cli("GET", resource) == lock.value else { return false }
-                let pttl = Int(try server.cli("PTTL", resource)) ?? -1
+                guard try await server.cli("GET", resource) == lock.value else { return false }
+                let pttl = Int(try await server.cli("PTTL", resource)) ?? -1
                 return pttl <= 10_000 && pttl >= 10_000 - Self.milliseconds(since: lockStarted)
             }
         }
@@ -76,31 +76,31 @@ struct RedlockIntegrationTests {
         // Likewise each node's extension (a node still on the old ttl has less than 10 000 ms left).
         for server in group.servers {
             try await eventually {
-                let pttl = Int(try server.cli("PTTL", resource)) ?? -1
+                let pttl = Int(try await server.cli("PTTL", resource)) ?? -1
                 return pttl <= 30_000 && pttl >= 30_000 - Self.milliseconds(since: renewStarted)
             }
         }
 
         #expect(try await redlock.release(renewed) == 3)
         for server in group.servers {
-            #expect(try server.cli("EXISTS", resource) == "0")
+            #expect(try await server.cli("EXISTS", resource) == "0")
         }
 
         // unlock (best effort, returns at once) on a second lock.
         let second = try await redlock.lock(resource, ttl: .seconds(10))
         redlock.unlock(resource, value: second.value)
         try await eventually {
-            try group.servers.allSatisfy { try $0.cli("EXISTS", resource) == "0" }
+            try await group.servers.asyncAllSatisfy { try await $0.cli("EXISTS", resource) == "0" }
         }
         await redlock.close()
     }
 
     @Test func heldResourceFailsAsTakenAfterEveryRetry() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let resource = Self.uniqueResource()
         for server in group.servers {
-            _ = try server.cli("SET", resource, "someone-else", "PX", "30000")
+            _ = try await server.cli("SET", resource, "someone-else", "PX", "30000")
         }
         let redlock = try await Self.redlock(group, Self.options(retries: 2))
         let error = try await #require(throws: RedlockError.self) {
@@ -111,14 +111,14 @@ struct RedlockIntegrationTests {
         #expect(error.nodes.count == 3)
         // The other owner's key is untouched.
         for server in group.servers {
-            #expect(try server.cli("GET", resource) == "someone-else")
+            #expect(try await server.cli("GET", resource) == "someone-else")
         }
         await redlock.close()
     }
 
     @Test func wrongValueLeavesTheKeyAndRenewAfterExpiryFails() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
         let resource = Self.uniqueResource()
         let lock = try await redlock.lock(resource, ttl: .seconds(10))
@@ -130,7 +130,7 @@ struct RedlockIntegrationTests {
         let notHeld = try await #require(throws: RedlockError.self) { try await redlock.release(wrong) }
         #expect(notHeld.kind == .notHeld)
         for server in group.servers {
-            #expect(try server.cli("GET", resource) == lock.value)
+            #expect(try await server.cli("GET", resource) == lock.value)
         }
         try await redlock.release(lock)
 
@@ -139,21 +139,21 @@ struct RedlockIntegrationTests {
         let short = try await redlock.lock(resource, ttl: .seconds(1))
         try await Task.sleep(for: .milliseconds(1_300))
         for server in group.servers {
-            #expect(try server.cli("EXISTS", resource) == "0")
+            #expect(try await server.cli("EXISTS", resource) == "0")
         }
         let renewError = try await #require(throws: RedlockError.self) {
             try await redlock.renew(short)
         }
         #expect(renewError.kind == .notHeld)
         for server in group.servers {
-            #expect(try server.cli("EXISTS", resource) == "0")
+            #expect(try await server.cli("EXISTS", resource) == "0")
         }
         await redlock.close()
     }
 
     @Test func oneOfThreeKilledStillLocksTwoKilledFailsThenRecovers() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let events = EventLog()
         let redlock = try await Self.redlock(group, Self.options(retries: 1, nodeTimeout: .milliseconds(300)))
         redlock.on(.connect) { events.append("connect") }
@@ -162,7 +162,7 @@ struct RedlockIntegrationTests {
         try await eventually { events.entries == ["connect"] }
 
         // One node down: the quorum (2 of 3) still grants.
-        #expect(group[0].kill9())
+        #expect(await group[0].kill9())
         #expect(!group[0].isRunning)
         for index in 0..<5 {
             let lock = try await redlock.lock(Self.uniqueResource() + "-\(index)", ttl: .seconds(1))
@@ -172,7 +172,7 @@ struct RedlockIntegrationTests {
         #expect(redlock.isConnected)
 
         // Two nodes down: fails fast with quorumUnavailable, and `.disconnect` fires.
-        #expect(group[1].kill9())
+        #expect(await group[1].kill9())
         #expect(!group[1].isRunning)
         let started = ContinuousClock.now
         let error = try await #require(throws: RedlockError.self) {
@@ -188,8 +188,8 @@ struct RedlockIntegrationTests {
 
         // Back up: `.connect` fires again, and locks work again once the restarted nodes' grants
         // count again (they came back empty, so their grants wait out the longest ttl used: 1 s).
-        try group[0].restart()
-        try group[1].restart()
+        try await group[0].restart()
+        try await group[1].restart()
         try await eventually(timeout: .seconds(10)) {
             events.entries == ["connect", "disconnect", "connect"]
         }
@@ -205,15 +205,16 @@ struct RedlockIntegrationTests {
     }
 
     @Test func fiveNodesNeedThree() async throws {
-        let group = try RedisServerGroup.start(count: 5)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 5)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
         #expect(redlock.quorum == 3)
-        #expect(group[0].kill9() && group[1].kill9())
+        #expect(await group[0].kill9())
+        #expect(await group[1].kill9())
         let lock = try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
         #expect(lock.nodes.count == 3)
         try await redlock.release(lock)
-        #expect(group[2].kill9())
+        #expect(await group[2].kill9())
         let error = try await #require(throws: RedlockError.self) {
             try await redlock.lock(Self.uniqueResource(), ttl: .seconds(5))
         }
@@ -222,29 +223,29 @@ struct RedlockIntegrationTests {
     }
 
     @Test func scriptFlushIsRecoveredByEval() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
         let resource = Self.uniqueResource()
         let first = try await redlock.lock(resource, ttl: .seconds(10))
         try await redlock.release(first)  // loads the release script
         let lock = try await redlock.lock(resource, ttl: .seconds(10))
         for server in group.servers {
-            #expect(try server.cli("SCRIPT", "FLUSH") == "OK")
-            #expect(try server.cli("SCRIPT", "EXISTS", Scripts.release.sha1) == "0")
+            #expect(try await server.cli("SCRIPT", "FLUSH") == "OK")
+            #expect(try await server.cli("SCRIPT", "EXISTS", Scripts.release.sha1) == "0")
         }
         // EVALSHA now gets NOSCRIPT on every node; the fallback to EVAL releases anyway.
         #expect(try await redlock.release(lock) == 3)
         for server in group.servers {
-            #expect(try server.cli("EXISTS", resource) == "0")
-            #expect(try server.cli("SCRIPT", "EXISTS", Scripts.release.sha1) == "1")
+            #expect(try await server.cli("EXISTS", resource) == "0")
+            #expect(try await server.cli("SCRIPT", "EXISTS", Scripts.release.sha1) == "1")
         }
         await redlock.close()
     }
 
     @Test func badInputIsRefusedBeforeAnyIO() async throws {
-        let group = try RedisServerGroup.start(count: 1)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 1)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
         for ttl in [Duration.zero, .milliseconds(-5), .milliseconds(100)] {
             let error = try await #require(throws: RedlockError.self) {
@@ -267,7 +268,7 @@ struct RedlockIntegrationTests {
             try Redlock(servers: [RedisServer(host: "127.0.0.1", port: 70000)])
         }
         #expect(throws: RedlockError.self) { try redlock.setRetry(-1, retryWait: .milliseconds(1)) }
-        let dbkeys = try group[0].cli("DBSIZE")
+        let dbkeys = try await group[0].cli("DBSIZE")
         #expect(dbkeys == "0")
         await redlock.close()
         let closed = try await #require(throws: RedlockError.self) {
@@ -300,7 +301,7 @@ func connected(
 /// Polls `condition` until it holds or `timeout` passes (then fails the test).
 func eventually(
     timeout: Duration = .seconds(5), sourceLocation: SourceLocation = #_sourceLocation,
-    _ condition: () throws -> Bool
+    _ condition: () async throws -> Bool
 ) async throws {
     _ = try await Fault.waitUntil(timeout: timeout, sourceLocation: sourceLocation, condition)
 }
@@ -311,24 +312,24 @@ func eventually(
 struct CloseReleasesFirstTests {
     @Test(arguments: 1...3)
     func aFailedAttemptIsReleasedEvenWhenTheClientClosesAtOnce(round: Int) async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         // Someone else holds "job" on nodes 1 and 2; node 3 is free, so the attempt sets it there.
-        for index in 0..<2 { try group[index].cli("SET", "job", "someone-else", "PX", "60000") }
+        for index in 0..<2 { try await group[index].cli("SET", "job", "someone-else", "PX", "60000") }
         let redlock = try await RedlockIntegrationTests.redlock(group)
         try await eventually { redlock.isConnected }
         await #expect(throws: RedlockError.self) { try await redlock.lock("job", ttl: .seconds(60)) }
         await redlock.close()
-        #expect(try group[2].cli("EXISTS", "job") == "0")
+        #expect(try await group[2].cli("EXISTS", "job") == "0")
     }
 
     @Test func unlockThenCloseReleases() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await RedlockIntegrationTests.redlock(group)
         let lock = try await redlock.lock("job", ttl: .seconds(60))
         redlock.unlock(lock.resource, value: lock.value)
         await redlock.close()
-        for server in group.servers { #expect(try server.cli("EXISTS", "job") == "0") }
+        for server in group.servers { #expect(try await server.cli("EXISTS", "job") == "0") }
     }
 }

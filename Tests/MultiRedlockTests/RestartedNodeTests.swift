@@ -7,8 +7,8 @@ import Testing
 @Suite(.serialized)
 struct RestartedNodeTests {
     @Test func restartInsideTheTTLIsNotCountedByAClientThatSawIt() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let servers = group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }
         let options = RedlockOptions(id: "restart", retries: 0, nodeTimeout: .milliseconds(300))
         let holder = try await connected(Redlock(servers: servers, options: options))
@@ -22,15 +22,15 @@ struct RestartedNodeTests {
         let held = try await holder.lock(resource, ttl: .seconds(60))
 
         // Two of three nodes crash and come back empty, inside the ttl.
-        let oldIDs = try group.servers.prefix(2).map { try runID(of: $0) }
+        let oldIDs = try await group.servers.prefix(2).asyncMap { try await runID(of: $0) }
         for server in group.servers.prefix(2) {
-            #expect(server.kill9())
+            #expect(await server.kill9())
             #expect(!server.isRunning)
-            try server.restart()
+            try await server.restart()
         }
-        let newIDs = try group.servers.prefix(2).map { try runID(of: $0) }
+        let newIDs = try await group.servers.prefix(2).asyncMap { try await runID(of: $0) }
         #expect(oldIDs != newIDs)
-        for server in group.servers.prefix(2) { #expect(try server.cli("EXISTS", resource) == "0") }
+        for server in group.servers.prefix(2) { #expect(try await server.cli("EXISTS", resource) == "0") }
 
         // The watcher reconnects and notices the new run_ids.
         let watched = watcher.nodes.compactMap { $0 as? RedisNode }
@@ -53,9 +53,9 @@ struct RestartedNodeTests {
         #expect(!error.nodes.contains { $0.outcome == .granted })
         // And the failed attempt was released everywhere: only the holder's key remains.
         try await eventually {
-            try group.servers.prefix(2).allSatisfy { try $0.cli("EXISTS", resource) == "0" }
+            try await group.servers.prefix(2).asyncAllSatisfy { try await $0.cli("EXISTS", resource) == "0" }
         }
-        #expect(try group[2].cli("GET", resource) == held.value)
+        #expect(try await group[2].cli("GET", resource) == held.value)
 
         // Negative control: a client that first connects after the restart cannot know, and the
         // empty nodes grant it the lock while `holder` still holds it. This is the danger the
@@ -70,8 +70,8 @@ struct RestartedNodeTests {
         await newcomer.close()
     }
 
-    private func runID(of server: RedisServerProcess) throws -> String {
-        let info = try server.cli("INFO", "server")
+    private func runID(of server: RedisServerProcess) async throws -> String {
+        let info = try await server.cli("INFO", "server")
         let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("run_id:") }
         return String(line?.dropFirst("run_id:".count) ?? "").filter { !$0.isWhitespace }
     }

@@ -20,16 +20,18 @@ struct ScopedLockTests {
         try await RedlockIntegrationTests.redlock(group, options)
     }
 
-    static func holdForeign(_ resource: String, on group: RedisServerGroup, ms: Int = 30_000) throws {
-        for server in group.servers { try server.cli("SET", resource, "someone-else", "PX", String(ms)) }
+    static func holdForeign(_ resource: String, on group: RedisServerGroup, ms: Int = 30_000) async throws {
+        for server in group.servers {
+            try await server.cli("SET", resource, "someone-else", "PX", String(ms))
+        }
     }
 
     @Test func tryLockMakesOneAttempt() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group, Self.options(retries: 5))
         let resource = RedlockIntegrationTests.uniqueResource()
-        try Self.holdForeign(resource, on: group)
+        try await Self.holdForeign(resource, on: group)
         let error = try await #require(throws: RedlockError.self) {
             try await redlock.tryLock(resource, ttl: .seconds(5))
         }
@@ -42,11 +44,11 @@ struct ScopedLockTests {
     }
 
     @Test func waitingUpToADeadline() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
         let resource = RedlockIntegrationTests.uniqueResource()
-        try Self.holdForeign(resource, on: group)
+        try await Self.holdForeign(resource, on: group)
 
         // Held throughout: fails once the wait is over, not before, with the last attempt's error.
         let start = ContinuousClock.now
@@ -62,7 +64,7 @@ struct ScopedLockTests {
         // Freed part-way through the wait: acquired.
         let freer = Task {
             try await Task.sleep(for: .milliseconds(150))
-            for server in group.servers { try server.cli("DEL", resource) }
+            for server in group.servers { try await server.cli("DEL", resource) }
         }
         let lock = try await redlock.lock(resource, ttl: .seconds(5), waitingUpTo: .seconds(3))
         try await freer.value
@@ -72,13 +74,13 @@ struct ScopedLockTests {
     }
 
     @Test func cancellingStopsRetryingAndLeavesNothing() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group, Self.options(retries: 10_000))
         let resource = RedlockIntegrationTests.uniqueResource()
         // Two nodes hold it, one is free: every attempt sets the key on the free node, then releases it.
         for server in group.servers.prefix(2) {
-            try server.cli("SET", resource, "someone-else", "PX", "30000")
+            try await server.cli("SET", resource, "someone-else", "PX", "30000")
         }
         let task = Task { try await redlock.lock(resource, ttl: .seconds(10)) }
         try await Task.sleep(for: .milliseconds(200))
@@ -91,14 +93,16 @@ struct ScopedLockTests {
         // answers (at most the node timeout, 500 ms) and is released. The margin is for sanitizers.
         #expect(stopped < .seconds(2), "\(stopped)")
         // Nothing of ours is left on the free node (released after the cancelled attempt).
-        try await eventually { try group[2].cli("EXISTS", resource) == "0" }
-        for server in group.servers.prefix(2) { #expect(try server.cli("GET", resource) == "someone-else") }
+        try await eventually { try await group[2].cli("EXISTS", resource) == "0" }
+        for server in group.servers.prefix(2) {
+            #expect(try await server.cli("GET", resource) == "someone-else")
+        }
         await redlock.close()
     }
 
     @Test func withLockRenewsWhileTheBodyRunsAndReleasesAtTheEnd() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         // A generous node timeout: under ThreadSanitizer everything is several times slower.
         let redlock = try await Self.redlock(group, Self.options(nodeTimeout: .milliseconds(800)))
         let resource = RedlockIntegrationTests.uniqueResource()
@@ -107,7 +111,7 @@ struct ScopedLockTests {
             // Run well past the ttl: the lock must be renewed meanwhile.
             for _ in 0..<6 {
                 try await Task.sleep(for: .milliseconds(400))
-                let values = try group.servers.map { try $0.cli("GET", resource) }
+                let values = try await group.servers.asyncMap { try await $0.cli("GET", resource) }
                 checks.withLock { $0.append(values.allSatisfy { $0 == held.value } ? "held" : "\(values)") }
                 #expect(held.isValid)
             }
@@ -115,29 +119,26 @@ struct ScopedLockTests {
         }
         #expect(result == 42)
         #expect(checks.withLock { $0 } == Array(repeating: "held", count: 6))
-        for server in group.servers { #expect(try server.cli("EXISTS", resource) == "0") }
+        for server in group.servers { #expect(try await server.cli("EXISTS", resource) == "0") }
         await redlock.close()
     }
 
     @Test func withLockRethrowsTheBodysErrorAndReleases() async throws {
         struct BodyFailed: Error {}
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
         let resource = RedlockIntegrationTests.uniqueResource()
         await #expect(throws: BodyFailed.self) {
             try await redlock.withLock(resource, ttl: .seconds(5)) { _ in throw BodyFailed() }
         }
-        for server in group.servers { #expect(try server.cli("EXISTS", resource) == "0") }
+        for server in group.servers { #expect(try await server.cli("EXISTS", resource) == "0") }
         await redlock.close()
     }
 
     @Test func lostLockCancelsTheBody() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer {
-            for server in group.servers { server.resume() }
-            group.stopAll()
-        }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }  // stopping resumes a paused server first
         let redlock = try await Self.redlock(group, Self.options(nodeTimeout: .milliseconds(100)))
         let resource = RedlockIntegrationTests.uniqueResource()
         let bodyCancelled = Atomic<Bool>(false)
@@ -145,7 +146,8 @@ struct ScopedLockTests {
         let error = try await #require(throws: RedlockError.self) {
             try await redlock.withLock(resource, ttl: .milliseconds(900)) { held in
                 // Hang the majority: renewals cannot reach a quorum.
-                #expect(group[0].pause() && group[1].pause())
+                #expect(await group[0].pause())
+                #expect(await group[1].pause())
                 #expect(group[0].isPaused && group[1].isPaused)
                 do {
                     try await Task.sleep(for: .seconds(10))
@@ -166,13 +168,13 @@ struct ScopedLockTests {
     }
 
     @Test func lockDeletedUnderneathIsLostAtTheNextRenewal() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
         let resource = RedlockIntegrationTests.uniqueResource()
         let error = try await #require(throws: RedlockError.self) {
             try await redlock.withLock(resource, ttl: .seconds(1)) { _ in
-                for server in group.servers.prefix(2) { try server.cli("DEL", resource) }
+                for server in group.servers.prefix(2) { try await server.cli("DEL", resource) }
                 try await Task.sleep(for: .seconds(10))
             }
         }
@@ -182,8 +184,8 @@ struct ScopedLockTests {
     }
 
     @Test func maximumHoldStopsRenewing() async throws {
-        let group = try RedisServerGroup.start(count: 3)
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group, Self.options(maxHold: .milliseconds(800)))
         let resource = RedlockIntegrationTests.uniqueResource()
         let start = ContinuousClock.now

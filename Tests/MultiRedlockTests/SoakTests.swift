@@ -20,8 +20,8 @@ struct SoakTests {
         let seconds = try #require(
             Self.seconds, "MULTIREDLOCK_SOAK_SECONDS must be a whole number of seconds")
         try #require(seconds > 0, "MULTIREDLOCK_SOAK_SECONDS must be positive")
-        let group = try await Fault.startGroup(count: 3, RedisServerConfiguration(appendOnly: true))
-        defer { group.stopAll() }
+        let group = try await RedisServerGroup.start(count: 3, RedisServerConfiguration(appendOnly: true))
+        defer { group.stopInBackground() }
         var configuration = CounterContention.Configuration()
         configuration.workers = 4
         configuration.iterations = nil

@@ -233,16 +233,6 @@ func redlock(
 
 // MARK: - Servers
 
-/// Runs blocking work (starting, pausing, killing a server, redis-cli) on a Dispatch thread, so that
-/// the cooperative pool stays free.
-func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async {
-            continuation.resume(with: Result { try body() })
-        }
-    }
-}
-
 /// Three (or `count`) local redis-servers for one test.
 struct Servers: Sendable {
     let group: RedisServerGroup
@@ -250,7 +240,7 @@ struct Servers: Sendable {
     static func start(count: Int = 3, _ configuration: RedisServerConfiguration = .init()) async throws
         -> Servers
     {
-        Servers(group: try await offPool { try RedisServerGroup.start(count: count, configuration) })
+        Servers(group: try await RedisServerGroup.start(count: count, configuration))
     }
 
     /// `127.0.0.1:p1,127.0.0.1:p2,…`
@@ -262,7 +252,7 @@ struct Servers: Sendable {
     func values(of key: String) async throws -> [String?] {
         var values: [String?] = []
         for server in group.servers where server.isRunning {
-            let value = try await offPool { try server.cli("GET", key) }
+            let value = try await server.cli("GET", key)
             values.append(value.isEmpty ? nil : value)
         }
         return values
@@ -272,14 +262,15 @@ struct Servers: Sendable {
     func pttls(of key: String) async throws -> [Int] {
         var values: [Int] = []
         for server in group.servers where server.isRunning {
-            values.append(Int(try await offPool { try server.cli("PTTL", key) }) ?? -3)
+            values.append(Int(try await server.cli("PTTL", key)) ?? -3)
         }
         return values
     }
 
-    /// Stops every server (SIGTERM, then SIGKILL after LocalRedis's grace period), now.
-    func stopNow() {
-        group.stopAll()
+    /// Stops every server (SIGTERM, then SIGKILL after LocalRedis's grace period) on a thread of its
+    /// own, for a `defer`.
+    func stopInBackground() {
+        group.stopInBackground()
     }
 }
 

@@ -16,7 +16,7 @@ struct RedlockCLITests {
 
     @Test func acquirePrintsTheLockAsJSONAndSetsTheKeyOnAMajority() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let outcome = try await redlock(["--servers", servers.list, "acquire", "invoice-42"])
         #expect(outcome.status == 0, "\(outcome)")
@@ -39,7 +39,7 @@ struct RedlockCLITests {
 
     @Test func fencingTokensIncreaseAndReachTheCommand() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
         var tokens: [Int] = []
         for _ in 0..<3 {
             let acquired = try await redlock(["--servers", servers.list, "--fencing", "acquire", "ledger"])
@@ -64,7 +64,7 @@ struct RedlockCLITests {
 
     @Test func resourceNamesAreEscapedInTheJSON() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let resource = "quote\" back\\slash tab\t é"
         let outcome = try await redlock(["--servers", servers.list, "acquire", resource])
@@ -74,7 +74,7 @@ struct RedlockCLITests {
 
     @Test func renewExtendsTheKeysTTL() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let acquired = try await redlock(["--servers", servers.list, "--ttl", "5000", "acquire", "job"])
         #expect(acquired.status == 0, "\(acquired)")
@@ -93,7 +93,7 @@ struct RedlockCLITests {
 
     @Test func releaseRemovesTheKeyAndASecondReleaseExits1() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let acquired = try await redlock(["--servers", servers.list, "acquire", "report"])
         let value = try #require(try acquired.json()["value"] as? String)
@@ -113,7 +113,7 @@ struct RedlockCLITests {
 
     @Test func releaseLeavesAnotherOwnersLockAlone() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let acquired = try await redlock(["--servers", servers.list, "acquire", "shared"])
         let value = try #require(try acquired.json()["value"] as? String)
@@ -124,7 +124,7 @@ struct RedlockCLITests {
 
     @Test func renewOfAnUnknownValueExits1() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let outcome = try await redlock(["--servers", servers.list, "renew", "nothing", "no-such-value"])
         #expect(outcome.status == 1, "\(outcome)")
@@ -135,7 +135,7 @@ struct RedlockCLITests {
 
     @Test func aSecondAcquireOfAHeldResourceExits75() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let first = try await redlock(["--servers", servers.list, "acquire", "deploy"])
         let value = try #require(try first.json()["value"] as? String)
@@ -167,7 +167,7 @@ struct RedlockCLITests {
 
     @Test func waitAcquiresOnceTheHoldersLockExpires() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let first = try await redlock(["--servers", servers.list, "--ttl", "1500", "acquire", "batch"])
         #expect(first.status == 0, "\(first)")
@@ -183,7 +183,7 @@ struct RedlockCLITests {
     /// and exits 71 (EX_OSERR) with a message instead of crashing or hanging.
     @Test func tooFewFileDescriptorsExits71() async throws {
         let servers = try await Servers.start(count: 1)
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
         for limit in [5, 12] {
             let shell = try Subprocess(
                 "/bin/sh",
@@ -200,9 +200,9 @@ struct RedlockCLITests {
 
     @Test func allServersDownExits69WithinTheNodeTimeouts() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
         for index in 0..<3 {
-            #expect(try await offPool { servers[index].kill9() })
+            #expect(await servers[index].kill9())
         }
 
         // 4 attempts of at most 200 ms each plus waits of at most 100 ms; the margin covers the
@@ -224,8 +224,8 @@ struct RedlockCLITests {
 
     @Test func oneServerDownStillLocks() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
-        #expect(try await offPool { servers[0].kill9() })
+        defer { servers.stopInBackground() }
+        #expect(await servers[0].kill9())
 
         let outcome = try await redlock(["--servers", servers.list, "acquire", "resilient"])
         #expect(outcome.status == 0, "\(outcome)")
@@ -271,7 +271,7 @@ struct RedlockCLITests {
 
     @Test func serversComeFromTheEnvironmentUnlessGiven() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let outcome = try await redlock(
             ["acquire", "from-env"], environment: ["REDLOCK_SERVERS": servers.list])
@@ -290,7 +290,7 @@ struct RedlockCLITests {
 
     @Test func runPassesTheCommandsExitStatusThrough() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let seven = try await redlock(["--servers", servers.list, "run", "job", "--", "sh", "-c", "exit 7"])
         #expect(seven.status == 7, "\(seven)")
@@ -310,8 +310,10 @@ struct RedlockCLITests {
 
     @Test func runGivesTheCommandTheResourceAndValueWhileHoldingTheLock() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
-        let stopFile = try temporaryPath("stop")
+        defer { servers.stopInBackground() }
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let stopFile = scratch.file("stop")
 
         let script =
             #"echo "$REDLOCK_RESOURCE $REDLOCK_VALUE"; while [ ! -e "$STOP_FILE" ]; do sleep 0.05; done"#
@@ -333,7 +335,7 @@ struct RedlockCLITests {
 
     @Test func runRenewsTheLockWhileTheCommandRuns() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let script = #"echo "$REDLOCK_VALUE"; sleep 3"#
         let process = try startRedlock([
@@ -351,8 +353,10 @@ struct RedlockCLITests {
 
     @Test func runExits126ForACommandThatIsNotExecutableAnd127ForAMissingOne() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
-        let file = try temporaryPath("not-executable")
+        defer { servers.stopInBackground() }
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let file = scratch.file("not-executable")
         _ = FileManager.default.createFile(atPath: file, contents: Data("echo hi\n".utf8))
         chmod(file, 0o644)
 
@@ -369,8 +373,10 @@ struct RedlockCLITests {
 
     @Test func runWhileTheResourceIsHeldExits75WithoutRunningTheCommand() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
-        let marker = try temporaryPath("ran")
+        defer { servers.stopInBackground() }
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let marker = scratch.file("ran")
 
         let held = try await redlock(["--servers", servers.list, "acquire", "busy"])
         #expect(held.status == 0)
@@ -383,10 +389,7 @@ struct RedlockCLITests {
 
     @Test func runTerminatesTheCommandAndExits124WhenTheLockIsLost() async throws {
         let servers = try await Servers.start()
-        defer {
-            for index in 0..<3 { servers[index].resume() }
-            servers.stopNow()
-        }
+        defer { servers.stopInBackground() }  // stopping resumes a paused server first
 
         let process = try startRedlock([
             "--servers", servers.list, "--ttl", "1000", "run", "R", "--", "sleep", "30",
@@ -400,7 +403,7 @@ struct RedlockCLITests {
 
         // A majority frozen: renewals time out, the validity runs out.
         for index in 0..<2 {
-            #expect(try await offPool { servers[index].pause() })
+            #expect(await servers[index].pause())
             #expect(servers[index].isPaused)
         }
         let pausedAt = ContinuousClock.now
@@ -411,16 +414,13 @@ struct RedlockCLITests {
         #expect(kill(child, 0) != 0, "the command (pid \(child)) still runs")
         #expect(process.stderr.contains("lost the lock"), "\(process.stderr)")
         for index in 0..<2 {
-            #expect(try await offPool { servers[index].resume() })
+            #expect(await servers[index].resume())
         }
     }
 
     @Test func aCommandThatIgnoresSIGTERMGetsSIGKILLWhenTheLockIsLost() async throws {
         let servers = try await Servers.start()
-        defer {
-            for index in 0..<3 { servers[index].resume() }
-            servers.stopNow()
-        }
+        defer { servers.stopInBackground() }  // stopping resumes a paused server first
 
         let script = #"trap '' TERM; echo ready; while :; do sleep 0.05; done"#
         let process = try startRedlock([
@@ -428,7 +428,7 @@ struct RedlockCLITests {
         ])
         #expect(await process.waitForOutput("ready\n"), "\(process.stderr)")
         for index in 0..<2 {
-            #expect(try await offPool { servers[index].pause() })
+            #expect(await servers[index].pause())
         }
         let pausedAt = ContinuousClock.now
         #expect(await process.wait(timeout: .seconds(30)) == 124, "\(process.stderr)")
@@ -440,7 +440,7 @@ struct RedlockCLITests {
 
     @Test func sigtermIsForwardedToTheCommandAndTheLockReleased() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
 
         let script = #"trap 'echo got-TERM; exit 3' TERM; echo ready; while :; do sleep 0.05; done"#
         let process = try startRedlock(["--servers", servers.list, "run", "svc", "--", "sh", "-c", script])
@@ -464,8 +464,10 @@ struct RedlockCLITests {
 
     @Test func sigtermWhileWaitingForTheLockExitsWithoutRunningTheCommand() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopNow() }
-        let marker = try temporaryPath("ran")
+        defer { servers.stopInBackground() }
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let marker = scratch.file("ran")
 
         _ = try await redlock(["--servers", servers.list, "acquire", "queue"])
         let process = try startRedlock([
@@ -483,13 +485,15 @@ struct RedlockCLITests {
     func thePasswordIsNeverShown(inURL: Bool) async throws {
         let password = "Pa55-w0rd-\(UInt32.random(in: 1000...9999))"
         let servers = try await Servers.start(count: 3, RedisServerConfiguration(password: password))
-        defer { servers.stopNow() }
+        defer { servers.stopInBackground() }
         let list =
             inURL
             ? servers.group.ports.map { "redis://:\(password)@127.0.0.1:\($0)" }.joined(separator: ",")
             : servers.list
         let environment = inURL ? [:] : ["REDLOCK_PASSWORD": password]
-        let stopFile = try temporaryPath("stop")
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let stopFile = scratch.file("stop")
 
         let script = #"echo started; while [ ! -e "$STOP_FILE" ]; do sleep 0.05; done"#
         let process = try startRedlock(
@@ -536,10 +540,24 @@ struct RedlockCLITests {
     }
 }
 
-/// A path in a fresh temporary directory (not created).
-func temporaryPath(_ name: String) throws -> String {
-    let template = NSTemporaryDirectory() + "/redlock-cli-XXXXXX"
-    var bytes = Array(template.utf8CString)
-    let directory = try #require(mkdtemp(&bytes), "mkdtemp: errno \(errno)")
-    return String(cString: directory) + "/" + name
+/// A fresh directory for a test's files, under the run's test directory (MULTIREDLOCK_TEST_DIR, which
+/// `make` removes) or the system's temporary directory. The test removes it with `remove()`.
+struct ScratchDirectory {
+    let path: String
+
+    init() throws {
+        let root = ProcessInfo.processInfo.environment["MULTIREDLOCK_TEST_DIR"] ?? NSTemporaryDirectory()
+        var bytes = Array((root + "/redlock-cli-XXXXXX").utf8CString)
+        path = String(cString: try #require(mkdtemp(&bytes), "mkdtemp: errno \(errno)"))
+    }
+
+    /// The path of `name` in this directory (not created).
+    func file(_ name: String) -> String {
+        path + "/" + name
+    }
+
+    /// Removes the directory and everything in it.
+    func remove() {
+        try? FileManager.default.removeItem(atPath: path)
+    }
 }

@@ -7,7 +7,9 @@ import Foundation
 // measured pauses of up to 0.52 s in the first seconds, when many tests start their servers at once.
 //
 // In an async context Swift picks these over the blocking forms of the same name, so `try await
-// server.cli("GET", key)` is the async form and a call without `await` does not compile there.
+// server.cli("GET", key)` is the async form and a call without `await` does not compile there. A
+// synchronous closure inside async code (an `#expect` argument, a `map` body) still gets the blocking
+// form without a word: write `await` there (`#expect(await server.pause())`).
 // `stop()` and `stopAll()` have no async form (a `defer` cannot await): use `stopInBackground()`.
 
 /// Runs blocking `body` on a new thread and returns its result.

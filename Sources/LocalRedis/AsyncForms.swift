@@ -31,39 +31,39 @@ extension RedisServerProcess {
     public static func start(_ configuration: RedisServerConfiguration = .init()) async throws
         -> RedisServerProcess
     {
-        try await offPool { try RedisServerProcess.start(configuration) as RedisServerProcess }
+        try await offPool { try RedisServerProcess.start(configuration) }
     }
 
     /// The async form of `cli(_:)`.
     @discardableResult
     public func cli(_ arguments: String...) async throws -> String {
-        try await offPool { [self] in try cli(arguments: arguments) as String }
+        try await offPool { [self] in try cli(arguments: arguments) }
     }
 
     /// The async form of `cli(arguments:timeout:)`.
     @discardableResult
     public func cli(arguments: [String], timeout: Duration = .seconds(10)) async throws -> String {
-        try await offPool { [self] in try cli(arguments: arguments, timeout: timeout) as String }
+        try await offPool { [self] in try cli(arguments: arguments, timeout: timeout) }
     }
 
     /// The async form of `kill9()`.
     public func kill9() async -> Bool {
-        await offPool { [self] in kill9() as Bool }
+        await offPool { [self] in kill9() }
     }
 
     /// The async form of `pause()`.
     public func pause() async -> Bool {
-        await offPool { [self] in pause() as Bool }
+        await offPool { [self] in pause() }
     }
 
     /// The async form of `resume()`.
     public func resume() async -> Bool {
-        await offPool { [self] in resume() as Bool }
+        await offPool { [self] in resume() }
     }
 
     /// The async form of `restart(after:)`.
     public func restart(after delay: Duration = .zero) async throws {
-        try await offPool { [self] in try restart(after: delay) as Void }
+        try await offPool { [self] in try restart(after: delay) }
     }
 
     /// Starts `stop()` on a thread of its own and returns at once (for a `defer` in async code).
@@ -77,7 +77,7 @@ extension RedisServerGroup {
     public static func start(count: Int, _ configuration: RedisServerConfiguration = .init()) async throws
         -> RedisServerGroup
     {
-        try await offPool { try RedisServerGroup.start(count: count, configuration) as RedisServerGroup }
+        try await offPool { try RedisServerGroup.start(count: count, configuration) }
     }
 
     /// Starts `stopAll()` on a thread of its own and returns at once (for a `defer` in async code).

@@ -112,3 +112,10 @@ final class ServerRegistry: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: path)
     }
 }
+
+/// A fresh directory named `prefix-XXXXXX` for a test's or a demo's own files, beside the servers'
+/// directories: under `$MULTIREDLOCK_TEST_DIR` when set (`make` removes it), else under the
+/// /tmp/multiredlock-XXXXXX root this process creates and removes at exit.
+public func makeScratchDirectory(prefix: String) throws -> String {
+    try makeTemporaryDirectory(template: try ServerRegistry.shared.rootDirectory() + "/\(prefix)-XXXXXX")
+}

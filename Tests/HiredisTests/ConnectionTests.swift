@@ -312,7 +312,7 @@ struct ConnectionTests {
             server: RedisServer(unixSocket: "/nonexistent-\(UUID().uuidString).sock"),
             options: .patient
         )
-        let (result, elapsed) = await measure { await connection.result(of: ["PING"], within: .seconds(10)) }
+        let (result, elapsed) = await connection.timedResult(of: ["PING"], within: .seconds(10))
         #expect(try #require(result).isRefusal, "\(String(describing: result))")
         // From the failed connect itself, not from a timer: well before the 10 s connect timeout
         // (immediate in fact; a machine busy with sanitizers and other tests took 2 s).
@@ -338,9 +338,7 @@ struct ConnectionTests {
                 options: options,
                 onStateChange: log.observer
             )
-            let (result, elapsed) = await measure {
-                await connection.result(of: ["PING"], within: .seconds(10))
-            }
+            let (result, elapsed) = await connection.timedResult(of: ["PING"], within: .seconds(10))
             slowest = max(slowest, elapsed)
             if result?.isRefusal != true || elapsed >= .seconds(4) {
                 slow.append("attempt \(attempt): \(result.map { "\($0)" } ?? "no result") after \(elapsed)")
@@ -567,9 +565,8 @@ struct ConnectionTests {
                     let accepting = worker % 2 == 0
                     for cycle in 0..<500 {
                         let connection = try RedisConnection(server: targets[worker % 2], options: options)
-                        let (result, elapsed) = await measure {
-                            await connection.result(of: ["PING"], within: .seconds(10))
-                        }
+                        let (result, elapsed) = await connection.timedResult(
+                            of: ["PING"], within: .seconds(10))
                         _ = await connection.closed()
                         let expected =
                             accepting ? result == .success(.status("PONG")) : result?.isRefusal == true

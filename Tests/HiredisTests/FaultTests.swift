@@ -29,8 +29,8 @@ struct FaultTests {
             options: Self.fastOptions,
             onStateChange: log.observer
         )
-        let answered = await connection.timedResult(of: ["PING"], within: .seconds(10))
-        let (finished, elapsed) = try #require(answered, "PING to a paused server hung")
+        let (answered, elapsed) = await connection.timedResult(of: ["PING"], within: .seconds(10))
+        let finished = try #require(answered, "PING to a paused server hung")
         let failure = try #require(finished.failure)
         #expect(failure.kind == .connectTimeout || failure.kind == .notConnected, "\(failure)")
         #expect(elapsed < .seconds(2), "failed after \(elapsed), connect timeout is 300 ms")

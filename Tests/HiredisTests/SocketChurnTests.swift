@@ -85,9 +85,8 @@ struct SocketChurnTests {
                         tally.connections += 1
                         // 0 to 3 PINGs, then close: some close while connecting, some mid-command.
                         for _ in 0..<(worker % 4) {
-                            let (result, elapsed) = await measure {
-                                await connection.result(of: ["PING"], within: .seconds(10))
-                            }
+                            let (result, elapsed) = await connection.timedResult(
+                                of: ["PING"], within: .seconds(10))
                             switch (refusingWorker, result) {
                             case (true, .some(let refusal))
                             where refusal.isRefusal && elapsed < options.connectTimeout:

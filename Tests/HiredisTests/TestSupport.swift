@@ -124,14 +124,6 @@ extension Duration {
     var seconds: Double { Double(totalNanoseconds) / 1e9 }
 }
 
-/// Measures how long `body` takes.
-func measure<T>(_ body: () async throws -> T) async rethrows -> (T, Duration) {
-    let clock = ContinuousClock()
-    let start = clock.now
-    let value = try await body()
-    return (value, clock.now - start)
-}
-
 // MARK: - Connections
 
 typealias CommandResult = Result<RedisReply, RedisConnectionError>
@@ -150,21 +142,22 @@ extension RedisConnection {
         timeout: Duration? = nil,
         within limit: Duration = .seconds(15)
     ) async -> CommandResult? {
-        await awaitCallback(within: limit) { done in
-            send(command, timeout: timeout) { done($0) }
-        }
+        await timedResult(of: command, timeout: timeout, within: limit).result
     }
 
-    /// `result(of:)` with how long after the call its completion ran: the connection's own
-    /// promptness, without the time this task then waits for a thread of the cooperative pool.
+    /// `result(of:)` and how long after the call its completion ran (`limit` when none came): the
+    /// connection's own promptness, without the time this task then waits for a thread of the
+    /// cooperative pool.
     func timedResult(
         of command: RedisCommand,
+        timeout: Duration? = nil,
         within limit: Duration = .seconds(15)
-    ) async -> (result: CommandResult, elapsed: Duration)? {
+    ) async -> (result: CommandResult?, elapsed: Duration) {
         let start = ContinuousClock.now
-        return await awaitCallback(within: limit) { done in
-            send(command) { done(($0, ContinuousClock.now - start)) }
+        let answered = await awaitCallback(within: limit) { done in
+            send(command, timeout: timeout) { done(($0, ContinuousClock.now - start)) }
         }
+        return (answered?.0, answered?.1 ?? limit)
     }
 
     /// Closes the connection and returns whether `close` finished within `limit`.

@@ -45,16 +45,6 @@ enum FaultCLI {
         ports.map { "127.0.0.1:\($0)" }.joined(separator: ",")
     }
 
-    /// A fresh directory for one scenario's files, under the test root.
-    static func makeDirectory(_ label: String) throws -> String {
-        let root =
-            ProcessInfo.processInfo.environment["MULTIREDLOCK_TEST_DIR"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? NSTemporaryDirectory()
-        let path = root + "/\(label)-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
-    }
-
     /// A tiny program that prints CLOCK_MONOTONIC in nanoseconds (the checker's clock), compiled
     /// once with cc; Python's `time.monotonic_ns()` (the same clock) when there is no compiler.
     static func monotonicCommand(in directory: String) throws -> String {
@@ -228,7 +218,7 @@ struct CounterContention {
 
     static func run(_ group: RedisServerGroup, _ configuration: Configuration) async throws -> Outcome {
         let redlock = try FaultCLI.require()
-        let directory = try FaultCLI.makeDirectory("contention")
+        let directory = try makeScratchDirectory(prefix: "contention")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let counter = directory + "/counter"
         let holds = directory + "/holds"

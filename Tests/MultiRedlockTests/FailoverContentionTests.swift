@@ -50,7 +50,7 @@ extension Failover {
             let redlockPath = try FaultCLI.require()
             let group = try await RedisServerGroup.start(count: 3)
             defer { group.stopInBackground() }
-            let directory = try FaultCLI.makeDirectory("sigstop")
+            let directory = try makeScratchDirectory(prefix: "sigstop")
             defer { try? FileManager.default.removeItem(atPath: directory) }
             let resource = Fault.resource()
             let pidFile = directory + "/pid"

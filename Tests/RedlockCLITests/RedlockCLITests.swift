@@ -540,15 +540,13 @@ struct RedlockCLITests {
     }
 }
 
-/// A fresh directory for a test's files, under the run's test directory (MULTIREDLOCK_TEST_DIR, which
-/// `make` removes) or the system's temporary directory. The test removes it with `remove()`.
+/// A fresh directory for a test's files (see LocalRedis's `makeScratchDirectory`). The test removes
+/// it with `remove()`.
 struct ScratchDirectory {
     let path: String
 
     init() throws {
-        let root = ProcessInfo.processInfo.environment["MULTIREDLOCK_TEST_DIR"] ?? NSTemporaryDirectory()
-        var bytes = Array((root + "/redlock-cli-XXXXXX").utf8CString)
-        path = String(cString: try #require(mkdtemp(&bytes), "mkdtemp: errno \(errno)"))
+        path = try makeScratchDirectory(prefix: "redlock-cli")
     }
 
     /// The path of `name` in this directory (not created).

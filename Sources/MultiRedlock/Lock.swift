@@ -4,8 +4,9 @@
 /// > may hold the same resource: check ``isValid`` (or ``remainingValidity``) before each step that
 /// > needs the lock, and renew in good time.
 public struct Lock: Sendable, Hashable, CustomStringConvertible {
-    /// The locked resource; it is also the Redis key on every node. For a multi-resource lock, the
-    /// names joined with commas (``resources`` lists them).
+    /// The locked resource; it is also the Redis key on every node. For a multi-resource lock, a
+    /// name for logs and messages only (the names joined with commas): use ``resources``, and
+    /// ``Redlock/unlock(_:)-(Lock)`` or ``Redlock/release(_:)``, which work for both kinds.
     public let resource: String
     /// The locked resources: one, or all of a multi-resource lock.
     public let resources: [String]
@@ -67,8 +68,12 @@ public struct Lock: Sendable, Hashable, CustomStringConvertible {
         resources.count == 1 ? resources[0] : resources.joined(separator: ",")
     }
 
-    /// The key holding a resource's fencing counter on each node: `<resource>:fencing-token`.
+    /// The key holding a resource's fencing counter on each node: `multiredlock:fence:<resource>`.
+    /// Resource names in that namespace are refused, so no lock key can take a counter's key.
     public static func fencingKey(for resource: String) -> String {
-        resource + ":fencing-token"
+        fencingKeyPrefix + resource
     }
+
+    /// The namespace of the fencing counters' keys; no resource name may start with it.
+    public static let fencingKeyPrefix = "multiredlock:fence:"
 }

@@ -7,18 +7,14 @@ import Synchronization
 /// emptied its cache) the same call is sent once more as EVAL, which also reloads the script.
 ///
 /// Restarts: when a reconnect finds that the server's `run_id` changed, the server is a new process
-/// that may have lost the locks it held (no persistence). For the longest ttl this node has been
-/// asked to set, its grants answer ``NodeFailure/Kind/restarted`` instead of counting: the
-/// "delayed restart" the Redlock pattern asks of operators, enforced by the client. A client that
-/// first connects after the restart cannot know; run servers with `appendfsync always` for that.
+/// that may have lost the locks it held (no persistence); ``timeSinceRestart`` says since when, and
+/// ``Redlock`` does not count its grants for a while (``RedlockOptions/restartQuarantine``).
 public final class RedisNode: RedlockNode {
     /// The server's address.
     public let server: RedisServer
     /// The connection, for commands of the caller's own (diagnostics, tests).
     public let connection: RedisConnection
     private let observed: HandlerSlot
-    /// The longest ttl set through this node, in milliseconds.
-    private let longestTTL = Atomic<Int64>(0)
 
     /// Connects to `server` (without waiting for it).
     /// - Parameters:
@@ -40,6 +36,13 @@ public final class RedisNode: RedlockNode {
 
     public var isConnected: Bool { connection.isConnected }
 
+    /// The server's `run_id` as of the last handshake.
+    public var serverID: String? { connection.serverRunID }
+
+    public var timeSinceRestart: Duration? {
+        connection.serverRestartDetectedAt.map { ContinuousClock.now - $0 }
+    }
+
     public func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void) {
         observed.set(handler)
         // A connection that came up before the handler was set must not be missed.
@@ -50,22 +53,10 @@ public final class RedisNode: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        let milliseconds = ttl.wholeMilliseconds
-        raiseLongestTTL(to: milliseconds)
-        let command: RedisCommand = ["SET", key, value, "NX", "PX", String(milliseconds)]
-        connection.send(command, timeout: timeout) { [self] result in
+        let command: RedisCommand = ["SET", key, value, "NX", "PX", String(ttl.wholeMilliseconds)]
+        connection.send(command, timeout: timeout) { result in
             switch result {
-            case .success(.status(let status)) where status == "OK":
-                if let until = quarantinedUntil() {
-                    completion(
-                        .failed(
-                            NodeFailure(
-                                .restarted,
-                                "the server restarted (new run_id); its grants count again in \(until - .now)"
-                            )))
-                } else {
-                    completion(.succeeded)
-                }
+            case .success(.status(let status)) where status == "OK": completion(.succeeded)
             case .success(.null): completion(.refused)
             case .success(.error(let message)): completion(.failed(NodeFailure(.errorReply, message)))
             case .success(let other):
@@ -79,7 +70,6 @@ public final class RedisNode: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        raiseLongestTTL(to: ttl.wholeMilliseconds)
         run(
             Scripts.extend, key: key, arguments: [value, String(ttl.wholeMilliseconds)], timeout: timeout,
             completion)
@@ -103,11 +93,10 @@ public final class RedisNode: RedlockNode {
         guard keys.count > 1 else {
             return acquire(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
         }
-        let milliseconds = ttl.wholeMilliseconds
-        raiseLongestTTL(to: milliseconds)
-        run(Scripts.acquireAll, keys: keys, arguments: [value, String(milliseconds)], timeout: timeout) {
-            [self] result in completion(countingRestart(result))
-        }
+        run(
+            Scripts.acquireAll, keys: keys, arguments: [value, String(ttl.wholeMilliseconds)],
+            timeout: timeout,
+            completion)
     }
 
     public func extend(
@@ -117,7 +106,6 @@ public final class RedisNode: RedlockNode {
         guard keys.count > 1 else {
             return extend(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
         }
-        raiseLongestTTL(to: ttl.wholeMilliseconds)
         run(
             Scripts.extendAll, keys: keys, arguments: [value, String(ttl.wholeMilliseconds)],
             timeout: timeout,
@@ -138,13 +126,11 @@ public final class RedisNode: RedlockNode {
         key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult, Int64) -> Void
     ) {
-        let milliseconds = ttl.wholeMilliseconds
-        raiseLongestTTL(to: milliseconds)
-        let tail = ["2", key, counterKey, value, String(milliseconds)]
-        evaluate(Scripts.acquireFenced, tail, timeout: timeout) { [self] result in
+        let tail = ["2", key, counterKey, value, String(ttl.wholeMilliseconds)]
+        evaluate(Scripts.acquireFenced, tail, timeout: timeout) { result in
             switch result {
             case .success(.integer(let counter)) where counter >= 0:
-                completion(countingRestart(.succeeded), counter)
+                completion(.succeeded, counter)
             case .success(.integer): completion(.refused, 0)
             default: completion(Self.scriptResult(result), 0)
             }
@@ -158,31 +144,6 @@ public final class RedisNode: RedlockNode {
         run(
             Scripts.raiseFence, keys: [key, counterKey], arguments: [value, String(token)], timeout: timeout,
             completion)
-    }
-
-    /// A grant from a node that restarted within the longest ttl does not count.
-    private func countingRestart(_ result: NodeResult) -> NodeResult {
-        guard result == .succeeded, let until = quarantinedUntil() else { return result }
-        return .failed(
-            NodeFailure(
-                .restarted, "the server restarted (new run_id); its grants count again in \(until - .now)"))
-    }
-
-    /// When the server's grants count again after a detected restart; nil when they count now.
-    private func quarantinedUntil() -> ContinuousClock.Instant? {
-        guard let restart = connection.serverRestartDetectedAt else { return nil }
-        let until = restart + .milliseconds(longestTTL.load(ordering: .relaxed))
-        return ContinuousClock.now < until ? until : nil
-    }
-
-    private func raiseLongestTTL(to milliseconds: Int64) {
-        var current = longestTTL.load(ordering: .relaxed)
-        while milliseconds > current {
-            let (exchanged, original) = longestTTL.compareExchange(
-                expected: current, desired: milliseconds, ordering: .relaxed)
-            if exchanged { return }
-            current = original
-        }
     }
 
     /// EVALSHA, falling back to EVAL on NOSCRIPT. The script answers 1 (done) or 0 (not held).

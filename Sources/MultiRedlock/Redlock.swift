@@ -41,8 +41,10 @@ public final class Redlock: Sendable {
     /// fan-out then costs one hop to it, however many nodes there are.
     private let ioQueue: DispatchQueue?
     private let state: Locked<State>
-    /// Background releases started and not finished (see ``releaseEverywhere``).
-    private let releasesInFlight = Atomic<Int>(0)
+    /// Acquire attempts and releases under way: ``close()`` waits for them (see ``inFlight(_:)``).
+    private let operationsInFlight = Atomic<Int>(0)
+    /// Release retry chains alive: grants skip looking for superseded ones when there are none.
+    private let retryChains = RetryChain.Count()
     private let events = DispatchQueue(label: "multiredlock.events")
     private let metrics: RedlockMetrics
 
@@ -52,11 +54,52 @@ public final class Redlock: Sendable {
         var quorumUp = false
         var closed = false
         var handlers: [RedlockEvent: [@Sendable () -> Void]] = [:]
-        /// Per node: the failed releases that are retried as soon as the node reconnects (each also
-        /// has a timer; whichever comes first takes the entry out).
-        var releaseRetries: [[UInt64: @Sendable () -> Void]]
+        /// Per node, by lock value: the failed release retried as soon as the node reconnects or
+        /// when its timer fires, whichever comes first. One entry per node and value, at most
+        /// ``Redlock/maxPendingReleasesPerNode`` per node.
+        var releaseRetries: [[String: PendingRelease]]
         var nextRetryID: UInt64 = 0
+        /// The locks granted and not yet released, by value: ``Redlock/close()`` releases them.
+        var held: [String: (keys: [String], ttl: Duration)] = [:]
+        /// The longest ttl this client has locked or renewed with (the default restart quarantine,
+        /// and how long ``Redlock/unlock(_:value:)`` retries a value it does not know).
+        var longestTTL: Duration = .zero
+        /// Per node: the earlier node with the same server identity (`run_id`), if any.
+        var duplicateOf: [Int?]
     }
+
+    /// A failed release waiting for its retry.
+    private struct PendingRelease {
+        var keys: [String]
+        var expiry: ContinuousClock.Instant
+        var id: UInt64
+        var chain: RetryChain
+        var run: @Sendable () -> Void
+    }
+
+    /// The retries of one release on one node: dropping the chain stops a retry already under way
+    /// from scheduling the next.
+    private final class RetryChain: Sendable {
+        let dropped = Atomic<Bool>(false)
+        private let count: Count
+
+        final class Count: Sendable {
+            let alive = Atomic<Int>(0)
+        }
+
+        init(_ count: Count) {
+            self.count = count
+            count.alive.add(1, ordering: .relaxed)
+        }
+
+        deinit {
+            count.alive.subtract(1, ordering: .relaxed)
+        }
+    }
+
+    /// The most failed releases one node keeps for retrying; past it the one that expires first is
+    /// dropped (its keys expire on their own). Bounds the memory and work of a node that stays down.
+    static let maxPendingReleasesPerNode = 1024
 
     /// Connects to the given Redis masters (without waiting for them).
     ///
@@ -119,7 +162,8 @@ public final class Redlock: Sendable {
         state = Locked(
             State(
                 options: options, nodeUp: Array(repeating: false, count: nodes.count),
-                releaseRetries: Array(repeating: [:], count: nodes.count)))
+                releaseRetries: Array(repeating: [:], count: nodes.count),
+                duplicateOf: Array(repeating: nil, count: nodes.count)))
         metrics = RedlockMetrics()
         for (index, node) in nodes.enumerated() {
             node.observeConnection { [weak self] up in self?.node(index, isUp: up) }
@@ -165,16 +209,21 @@ public final class Redlock: Sendable {
     }
 
     private func node(_ index: Int, isUp: Bool) {
+        // A node that connected may have revealed that it is another node's server (same run_id).
+        let duplicates = isUp ? Self.duplicates(nodes.map(\.serverID)) : nil
         let retries: [@Sendable () -> Void] = state.withLock { state in
+            if let duplicates { state.duplicateOf = duplicates }
             guard state.nodeUp[index] != isUp else { return [] }
             state.nodeUp[index] = isUp
             // A node that is back gets its failed releases now, not when their timers fire.
             var retries: [@Sendable () -> Void] = []
             if isUp {
-                retries = Array(state.releaseRetries[index].values)
+                let now = ContinuousClock.now
+                retries = state.releaseRetries[index].values.filter { $0.expiry > now }.map(\.run)
                 state.releaseRetries[index] = [:]
             }
-            let quorumUp = state.nodeUp.count { $0 } >= quorum
+            let voters = state.nodeUp.indices.count { state.nodeUp[$0] && state.duplicateOf[$0] == nil }
+            let quorumUp = voters >= quorum
             guard quorumUp != state.quorumUp else { return retries }
             state.quorumUp = quorumUp
             // Dispatched while holding the state lock, so events keep the order of transitions.
@@ -184,6 +233,17 @@ public final class Redlock: Sendable {
         }
         // Not inside the connection's state callback: each retry sends a command.
         if !retries.isEmpty { Task { for retry in retries { retry() } } }
+    }
+
+    /// For each node, the first earlier node reporting the same server identity.
+    static func duplicates(_ identities: [String?]) -> [Int?] {
+        var first: [String: Int] = [:]
+        return identities.enumerated().map { index, identity in
+            guard let identity else { return nil }
+            if let earlier = first[identity] { return earlier }
+            first[identity] = index
+            return nil
+        }
     }
 
     // MARK: Lock
@@ -242,21 +302,24 @@ public final class Redlock: Sendable {
         case deadline(ContinuousClock.Instant)
     }
 
-    /// The retry loop. A failed attempt is released on every node before the next attempt starts,
-    /// so that attempt never meets this lock's own leftovers (the value is the same for all
-    /// attempts of one call); the last failed attempt is released in the background. Cancellation
-    /// stops the loop at once, in an attempt or between two: whatever the attempt set is released,
-    /// and `CancellationError` is thrown.
+    /// The retry loop. Each attempt has a value of its own: what runs later for a failed attempt (its
+    /// release, and the background retries of that release) can only ever touch that attempt's
+    /// keys, never the keys of a later attempt that succeeded. A failed attempt is released on the
+    /// nodes that may hold its keys before the next attempt starts (in the background after the last
+    /// one). Cancellation stops the loop at once, in an attempt or between two: whatever the attempt
+    /// set is released, and `CancellationError` is thrown.
     func acquire(
         _ keys: [String], ttl: Duration, options: RedlockOptions, until limit: RetryLimit
     ) async throws -> Lock {
-        let value = LockValue.make(id: options.id)
         let start = ContinuousClock.now
         var attempt = 0
         while true {
             attempt += 1
+            let value = LockValue.make(id: options.id)
             let attemptStart = ContinuousClock.now
-            let result = await acquireOnce(keys, value: value, ttl: ttl, options: options, attempt: attempt)
+            let (result, outcomes) = await inFlight {
+                await acquireOnce(keys, value: value, ttl: ttl, options: options, attempt: attempt)
+            }
             let attemptEnd = ContinuousClock.now
             let elapsed = attemptEnd - attemptStart
             // A key set in this attempt lives at most ttl from now.
@@ -286,41 +349,58 @@ public final class Redlock: Sendable {
                 let last = exhausted || error.kind == .closed || Task.isCancelled
                 logAttempt(
                     options, keys, attempt: attempt, result, elapsed: elapsed, retryIn: last ? nil : wait)
+                // Only nodes that may hold this attempt's keys are released: a node that refused the
+                // SET NX holds another value (and this attempt's value is unique to it).
+                let targets = outcomes.map { $0 != .refused }
                 if last {
-                    releaseEverywhere(keys, value: value, until: expiry, options: options)
+                    releaseEverywhere(keys, value: value, until: expiry, options: options, on: targets)
                     try Task.checkCancellation()
                     metrics.failed(error.kind)
                     throw error
                 }
                 // Wait for the release on the nodes that answered the attempt; a node that timed out
                 // (hung) is released in the background and would only delay the retry.
-                let answeredInTime = error.nodes.map { evidence in
-                    switch evidence.outcome {
-                    case .pending: false
+                let answeredInTime = outcomes.map { outcome in
+                    switch outcome {
+                    case .pending, .refused: false
                     case .failed(let failure): failure.kind != .timeout
-                    default: true
+                    case .granted: true
                     }
                 }
                 _ = await releaseOnce(
-                    keys, value: value, until: expiry, options: options,
-                    waitingFor: answeredInTime.count == nodes.count ? answeredInTime : nil)
+                    keys, value: value, until: expiry, options: options, on: targets,
+                    waitingFor: answeredInTime)
                 if wait > .zero { try await Task.sleep(for: wait) }
                 try Task.checkCancellation()
             }
         }
     }
 
+    /// Runs `operation` counted as in flight, so that ``close()`` waits for it.
+    private func inFlight<T>(_ operation: () async -> T) async -> T {
+        operationsInFlight.add(1, ordering: .relaxed)
+        defer { operationsInFlight.subtract(1, ordering: .releasing) }
+        return await operation()
+    }
+
     /// One attempt: SET NX PX (or the all-or-none script) on every node, decided as soon as the
-    /// outcome is certain; with fencing tokens, then the token's write-back to a quorum.
+    /// outcome is certain; with fencing tokens, then the token's write-back to a quorum. Returns the
+    /// lock or the error, and what each node answered the SET (which nodes may hold the keys).
     private func acquireOnce(
         _ keys: [String], value: String, ttl: Duration, options: RedlockOptions, attempt: Int
-    ) async -> Result<Lock, RedlockError> {
+    ) async -> (Result<Lock, RedlockError>, [NodeEvidence.Outcome]) {
         metrics.attempts.increment()
         let resource = Lock.name(of: keys)
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
         let counters = options.fencingTokens ? FencingCounters(count: nodes.count) : nil
-        var tally = await fanOut(cancellable: true) { index, node, done in
+        let tally = await fanOut(.acquire, options: options, cancellable: true) {
+            [self] index, node, answer in
+            // A node that grants these keys holds no older value of ours for them any more.
+            let done: @Sendable (NodeResult) -> Void = { result in
+                if result == .succeeded { self.supersedeReleases(of: keys, on: index) }
+                answer(result)
+            }
             if let counters {
                 node.acquireFenced(
                     key: keys[0], counterKey: Lock.fencingKey(for: keys[0]), value: value, ttl: ttl,
@@ -333,55 +413,102 @@ public final class Redlock: Sendable {
                 node.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: done)
             }
         }
+        var decided = tally
         var fencingToken: Int64?
         if let counters, tally.decision == .succeeded {
             // Take max + 1 over the granting majority, and write it back to a majority before the lock
             // is returned: majorities intersect, so the next grant reads at least this token.
             let token = counters.max(over: tally.grantedIndices) + 1
-            let writeBack = await fanOut(cancellable: true) { _, node, done in
+            let writeBack = await fanOut(.extend, options: options, cancellable: true) { _, node, done in
                 node.raiseFence(
                     key: keys[0], counterKey: Lock.fencingKey(for: keys[0]), value: value, token: token,
                     timeout: timeout, completion: done)
             }
             log(options, "fence", resource, attempt: attempt, tally: writeBack, elapsed: .now - start)
             fencingToken = token
-            if writeBack.decision != .succeeded { tally = writeBack }
+            if writeBack.decision != .succeeded { decided = writeBack }
         }
+        let outcomes = tally.outcomes
         let now = ContinuousClock.now
         // The nodes keep the key for whole milliseconds (PX), so the validity is counted from those.
         let validUntil = start + .milliseconds(ttl.wholeMilliseconds) - options.driftAllowance(for: ttl)
-        if tally.decision == .succeeded && now < validUntil {
-            return .success(
-                Lock(
+        if decided.decision == .succeeded && now < validUntil {
+            // Decided under the state lock, against close(): either close() sees this lock among
+            // the held ones and releases it, or this attempt sees the close and fails.
+            let granted = state.withLock { state -> Bool in
+                guard !state.closed else { return false }
+                state.held[value] = (keys, ttl)
+                return true
+            }
+            if granted {
+                let lock = Lock(
                     resources: keys, value: value, validity: validUntil - now, ttl: ttl,
-                    validUntil: validUntil,
-                    attempts: attempt, nodes: tally.grantedIndices.map { names[$0] },
-                    fencingToken: fencingToken))
+                    validUntil: validUntil, attempts: attempt, nodes: tally.grantedIndices.map { names[$0] },
+                    fencingToken: fencingToken)
+                return (.success(lock), outcomes)
+            }
         }
-        // The caller releases on every node, not only those that said OK: a SET that timed out may
-        // have landed.
+        // The caller releases the nodes that may hold the keys: also those that failed or did not
+        // answer, since a SET that timed out may have landed.
+        let error = failure(
+            decided, resource: resource, attempts: attempt, elapsed: now - start,
+            operation: fencingToken != nil && decided.decision != .succeeded ? .fence : .acquire)
+        return (.failure(error), outcomes)
+    }
+
+    /// The operations whose failures ``failure(_:resource:attempts:elapsed:operation:)`` words.
+    private enum Operation {
+        case acquire, fence, renew, release
+    }
+
+    /// One place that decides the kind of a failed quorum round, and words it: closed; a quorum
+    /// that came too late (`validityExpired`); refused by a quorum (`taken` for an acquire, else
+    /// `notHeld`, or `validityExpired` for a fencing write-back, whose refusals mean this attempt's
+    /// keys expired); otherwise `quorumUnavailable`.
+    private func failure(
+        _ tally: QuorumTally, resource: String, attempts: Int, elapsed: Duration, operation: Operation
+    ) -> RedlockError {
         if isClosed {
-            return .failure(
-                RedlockError(.closed, resource: resource, attempts: attempt, message: "redlock was closed"))
+            return RedlockError(
+                .closed, resource: resource, attempts: attempts, message: "redlock was closed")
         }
         let evidence = tally.evidence(names: names)
-        let error: RedlockError
+        let verb =
+            switch operation {
+            case .acquire: "granted the lock"
+            case .fence: "took the fencing token"
+            case .renew: "extended the lock"
+            case .release: "released the lock"
+            }
         if tally.decision == .succeeded {
-            error = RedlockError(
-                .validityExpired, resource: resource, attempts: attempt, nodes: evidence,
-                message: "a quorum granted the lock, but acquiring took \(now - start), leaving no validity")
-        } else if tally.refusedByQuorum {
-            error = RedlockError(
-                .taken, resource: resource, attempts: attempt, nodes: evidence,
-                message: "held by someone else: \(tally.refused) of \(nodes.count) nodes hold another value")
-        } else {
-            error = RedlockError(
-                .quorumUnavailable, resource: resource, attempts: attempt, nodes: evidence,
-                message:
-                    "not enough nodes answered: \(tally.succeeded) granted, \(tally.refused) refused, "
-                    + "\(tally.failed) failed; \(quorum) of \(nodes.count) needed")
+            return RedlockError(
+                .validityExpired, resource: resource, attempts: attempts, nodes: evidence,
+                message: "a quorum \(verb), but that took \(elapsed), leaving no validity")
         }
-        return .failure(error)
+        if tally.refusedByQuorum {
+            switch operation {
+            case .acquire:
+                return RedlockError(
+                    .taken, resource: resource, attempts: attempts, nodes: evidence,
+                    message:
+                        "held by someone else: \(tally.refused) of \(nodes.count) nodes hold another value")
+            case .fence:
+                return RedlockError(
+                    .validityExpired, resource: resource, attempts: attempts, nodes: evidence,
+                    message:
+                        "the lock expired before its fencing token was written back: \(tally.refused) of "
+                        + "\(nodes.count) nodes no longer hold it")
+            case .renew, .release:
+                return RedlockError(
+                    .notHeld, resource: resource, attempts: attempts, nodes: evidence,
+                    message: "the lock is not held (expired, released, or another owner's) on enough nodes")
+            }
+        }
+        return RedlockError(
+            .quorumUnavailable, resource: resource, attempts: attempts, nodes: evidence,
+            message:
+                "not enough nodes answered: \(tally.succeeded) \(operation == .acquire ? "granted" : "succeeded"), "
+                + "\(tally.refused) refused, \(tally.failed) failed; \(quorum) of \(nodes.count) needed")
     }
 
     // MARK: Renew
@@ -416,7 +543,7 @@ public final class Redlock: Sendable {
         metrics.attempts.increment()
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
-        let tally = await fanOut { _, node, done in
+        let tally = await fanOut(.extend, options: options) { _, node, done in
             node.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: done)
         }
         let now = ContinuousClock.now
@@ -424,28 +551,21 @@ public final class Redlock: Sendable {
         let validUntil = start + .milliseconds(ttl.wholeMilliseconds) - options.driftAllowance(for: ttl)
         log(options, "renew", resource, attempt: 1, tally: tally, elapsed: now - start)
         if tally.decision == .succeeded && now < validUntil {
+            state.withLock { state in
+                if state.held[value] != nil { state.held[value] = (keys, ttl) }
+            }
             return Lock(
                 resources: keys, value: value, validity: validUntil - now, ttl: ttl, validUntil: validUntil,
                 attempts: 1, nodes: tally.grantedIndices.map { names[$0] }, fencingToken: fencingToken)
         }
-        let evidence = tally.evidence(names: names)
-        let error: RedlockError
-        if isClosed {
-            error = RedlockError(.closed, resource: resource, attempts: 1, message: "redlock was closed")
-        } else if tally.decision == .succeeded {
-            error = RedlockError(
-                .validityExpired, resource: resource, attempts: 1, nodes: evidence,
-                message: "a quorum extended the lock, but renewing took \(now - start), leaving no validity")
-        } else if tally.refusedByQuorum {
-            error = RedlockError(
-                .notHeld, resource: resource, attempts: 1, nodes: evidence,
-                message: "the lock is not held (expired, released, or another owner's) on enough nodes")
-        } else {
-            error = RedlockError(
-                .quorumUnavailable, resource: resource, attempts: 1, nodes: evidence,
-                message:
-                    "not enough nodes answered the renew: \(tally.succeeded) extended, \(tally.failed) failed"
-            )
+        let error = failure(tally, resource: resource, attempts: 1, elapsed: now - start, operation: .renew)
+        if error.kind == .notHeld && tally.refused < nodes.count {
+            // The lock is gone from a quorum, yet other nodes may just have extended it (also those
+            // that had not answered when a quorum refused): release them, or they would block the
+            // resource for the new ttl with a lock nobody holds.
+            releaseEverywhere(
+                keys, value: value, until: now + ttl, options: options,
+                on: tally.outcomes.map { $0 != .refused })
         }
         metrics.failed(error.kind)
         throw error
@@ -456,16 +576,25 @@ public final class Redlock: Sendable {
     /// Releases a lock, best effort, and returns at once (seed: `unlock`).
     ///
     /// A compare-and-delete goes to every node; nodes that fail are retried in the background (as soon
-    /// as they reconnect, else after a doubling delay) until the lock would have expired anyway. Bad
-    /// input is ignored (and logged at debug level): use ``release(_:)`` to learn the outcome.
+    /// as they reconnect, else after a doubling delay) until the keys would have expired anyway: the
+    /// lock's ttl when this client granted it, else the longest ttl this client has used (at least
+    /// 60 s). Bad input is ignored (and logged at debug level): use ``release(_:)`` to learn the
+    /// outcome. For a multi-resource lock, use ``unlock(_:)-(Lock)``.
     public func unlock(_ resource: String, value: String) {
         let options = self.options
         guard !resource.isEmpty, !value.isEmpty, !isClosed else {
             options.logger.debug("unlock ignored: empty resource or value, or closed")
             return
         }
-        // The key expires on its own after the ttl; unknown here, so bound retries by a generous one.
-        releaseEverywhere([resource], value: value, until: .now + .seconds(60), options: options)
+        let known = state.withLock { state in state.held[value]?.ttl ?? max(state.longestTTL, .seconds(60)) }
+        releaseEverywhere([resource], value: value, until: .now + known, options: options)
+    }
+
+    /// Releases `lock` (all its resources), best effort, and returns at once, as
+    /// ``unlock(_:value:)`` does; works for single- and multi-resource locks alike.
+    public func unlock(_ lock: Lock) {
+        guard !isClosed else { return }
+        releaseEverywhere(lock.resources, value: lock.value, until: .now + lock.ttl, options: options)
     }
 
     /// Releases `lock` (all its resources) on every node and waits for their answers.
@@ -473,16 +602,17 @@ public final class Redlock: Sendable {
     /// - Returns: how many nodes released it (deleted a key holding this lock's value).
     /// - Throws: ``RedlockError/Kind/notHeld`` when every node answered and none held it;
     ///   ``RedlockError/Kind/quorumUnavailable`` when none released it and some failed (those are
-    ///   retried in the background until the lock expires); ``RedlockError/Kind/closed``.
+    ///   retried in the background until the lock's keys expire); ``RedlockError/Kind/closed``.
     @discardableResult
     public func release(_ lock: Lock) async throws(RedlockError) -> Int {
         let options = self.options
         guard !isClosed else {
             throw RedlockError(.closed, resource: lock.resource, message: "redlock was closed")
         }
-        let tally = await releaseOnce(
-            lock.resources, value: lock.value, until: lock.validUntil + options.driftAllowance(for: lock.ttl),
-            options: options)
+        // Every key of this lock was set or extended before now, so it expires within its ttl from now.
+        let tally = await inFlight {
+            await releaseOnce(lock.resources, value: lock.value, until: .now + lock.ttl, options: options)
+        }
         log(options, "release", lock.resource, attempt: 1, tally: tally, elapsed: .zero)
         if tally.succeeded > 0 { return tally.succeeded }
         let evidence = tally.evidence(names: names)
@@ -496,84 +626,135 @@ public final class Redlock: Sendable {
             message: "no node released the lock: \(tally.refused) did not hold it, \(tally.failed) failed")
     }
 
-    /// Fire-and-forget release on every node, with background retries for failed nodes.
-    /// ``close()`` waits for these first releases (not for later retries), so a client that fails to
-    /// lock and closes at once (a CLI, a short job) leaves nothing locked.
+    /// Fire-and-forget release on the nodes marked in `targets` (all by default), with background
+    /// retries for failed nodes. ``close()`` waits for these first releases (not for later retries),
+    /// so a client that fails to lock and closes at once (a CLI, a short job) leaves nothing locked.
     func releaseEverywhere(
-        _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions
+        _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions,
+        on targets: [Bool]? = nil
     ) {
-        releasesInFlight.add(1, ordering: .relaxed)
+        operationsInFlight.add(1, ordering: .relaxed)
         Task {
-            _ = await self.releaseOnce(keys, value: value, until: expiry, options: options)
-            self.releasesInFlight.subtract(1, ordering: .releasing)
+            _ = await self.releaseOnce(keys, value: value, until: expiry, options: options, on: targets)
+            self.operationsInFlight.subtract(1, ordering: .releasing)
         }
     }
 
-    /// Compare-and-delete on every node, waiting for all answers. Nodes that failed (timeout, no
-    /// connection, error) are retried in the background until `expiry` (past it the key has expired
-    /// on its own): as soon as the node reconnects, or after a doubling delay, whichever is first.
+    /// Compare-and-delete on the nodes marked in `targets` (all by default; the others count as
+    /// refused), waiting for the answers of those marked in `awaited` (all by default). Nodes that
+    /// failed (timeout, no connection, error) are retried in the background until `expiry` (past it
+    /// the keys have expired on their own): as soon as the node reconnects, or after a doubling
+    /// delay, whichever is first.
     private func releaseOnce(
         _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions,
-        waitingFor awaited: [Bool]? = nil
+        on targets: [Bool]? = nil, waitingFor awaited: [Bool]? = nil
     ) async -> QuorumTally {
+        state.withLock { _ = $0.held.removeValue(forKey: value) }
         let timeout = options.nodeTimeout
         let delays = options.releaseRetryDelay
         let retryFailed: @Sendable (QuorumTally) -> Void = { [weak self] tally in
+            guard let self else { return }
             for index in tally.outcomes.indices {
                 guard case .failed = tally.outcomes[index] else { continue }
-                self?.retryRelease(
-                    on: index, keys, value, expiry, timeout, delay: delays.first, longest: delays.longest)
+                self.retryRelease(
+                    on: index, keys, value, expiry, timeout, delay: delays.first, longest: delays.longest,
+                    chain: RetryChain(self.retryChains))
             }
         }
         let awaited = awaited ?? Array(repeating: true, count: nodes.count)
-        return await fanOut(until: .answered(awaited), whenAllAnswered: retryFailed) { _, node, done in
+        return await fanOut(
+            .release, options: options, until: .answered(awaited), whenAllAnswered: retryFailed
+        ) { index, node, done in
+            if let targets, !targets[index] { return done(.refused) }
             node.release(keys: keys, value: value, timeout: timeout, completion: done)
         }
     }
 
     /// Retries a failed release on node `index` once it reconnects or after `delay`, whichever comes
     /// first; a retry that fails again schedules the next with twice the delay (at most `longest`).
-    /// Stops at `expiry`, when the key has expired anyway, and when the Redlock is closed.
+    /// Stops at `expiry`, when the keys have expired anyway, and when the Redlock is closed. A node
+    /// keeps one retry per value (a newer one replaces it), dropped when a later grant of the same
+    /// keys on that node shows the value is gone.
     private func retryRelease(
         on index: Int, _ keys: [String], _ value: String, _ expiry: ContinuousClock.Instant,
-        _ timeout: Duration, delay: Duration, longest: Duration
+        _ timeout: Duration, delay: Duration, longest: Duration, chain: RetryChain
     ) {
-        guard !isClosed, ContinuousClock.now < expiry else { return }
+        guard ContinuousClock.now < expiry, !chain.dropped.load(ordering: .relaxed) else { return }
         let attempt: @Sendable () -> Void = { [weak self] in
             guard let self, !self.isClosed, ContinuousClock.now < expiry else { return }
             self.nodes[index].release(keys: keys, value: value, timeout: timeout) { [weak self] result in
                 guard case .failed = result else { return }
                 self?.retryRelease(
-                    on: index, keys, value, expiry, timeout, delay: min(delay * 2, longest), longest: longest)
+                    on: index, keys, value, expiry, timeout, delay: min(delay * 2, longest), longest: longest,
+                    chain: chain)
             }
         }
-        let id = state.withLock { state in
+        let id: UInt64? = state.withLock { state in
+            guard !state.closed, !chain.dropped.load(ordering: .relaxed) else { return nil }
             state.nextRetryID &+= 1
-            state.releaseRetries[index][state.nextRetryID] = attempt
-            return state.nextRetryID
+            let id = state.nextRetryID
+            let pending = PendingRelease(keys: keys, expiry: expiry, id: id, chain: chain, run: attempt)
+            if let replaced = state.releaseRetries[index].updateValue(pending, forKey: value),
+                replaced.chain !== chain
+            {
+                replaced.chain.dropped.store(true, ordering: .relaxed)
+            }
+            if state.releaseRetries[index].count > Self.maxPendingReleasesPerNode,
+                let soonest = state.releaseRetries[index].min(by: { $0.value.expiry < $1.value.expiry })
+            {
+                soonest.value.chain.dropped.store(true, ordering: .relaxed)
+                state.releaseRetries[index][soonest.key] = nil
+            }
+            return id
         }
+        guard let id else { return }
         Task { [weak self] in
             try? await Task.sleep(for: min(delay, expiry - .now))
-            // Runs the retry unless the node's reconnect took it first.
-            let retry = self?.state.withLock { $0.releaseRetries[index].removeValue(forKey: id) }
+            // Runs the retry unless the node's reconnect took it first (or a newer one replaced it).
+            let retry: (@Sendable () -> Void)? = self?.state.withLock { state in
+                guard let pending = state.releaseRetries[index][value], pending.id == id else { return nil }
+                state.releaseRetries[index][value] = nil
+                return pending.run
+            }
             retry?()
+        }
+    }
+
+    /// Drops node `index`'s pending releases of exactly `keys`: the node has just granted them to a
+    /// new value, so no older value of this client's is left there.
+    private func supersedeReleases(of keys: [String], on index: Int) {
+        guard retryChains.alive.load(ordering: .relaxed) > 0 else { return }
+        state.withLock { state in
+            state.releaseRetries[index] = state.releaseRetries[index].filter { _, pending in
+                guard pending.keys == keys else { return true }
+                pending.chain.dropped.store(true, ordering: .relaxed)
+                return false
+            }
         }
     }
 
     // MARK: Close
 
-    /// Closes every node's connection (seed: `close`), after the releases already under way (of
-    /// failed attempts and of ``unlock(_:value:)``) have had up to one node timeout to finish. Later
-    /// calls fail with ``RedlockError/Kind/closed``.
+    /// Closes every node's connection (seed: `close`). First the locks this client holds are
+    /// released, and the attempts and releases under way (of failed attempts and of
+    /// ``unlock(_:value:)``) have up to ``closeGrace(_:)`` to finish: a lock granted while closing is
+    /// released, or its `lock` call fails with ``RedlockError/Kind/closed``. Later calls fail with
+    /// ``RedlockError/Kind/closed``; background release retries stop.
     public func close() async {
-        let alreadyClosed = state.withLock { state in
-            defer { state.closed = true }
-            return state.closed
+        let (alreadyClosed, held, options) = state.withLock { state in
+            defer {
+                state.closed = true
+                state.held = [:]
+                state.releaseRetries = Array(repeating: [:], count: nodes.count)
+            }
+            return (state.closed, state.held, state.options)
         }
         guard !alreadyClosed else { return }
-        // Let the releases already under way reach the nodes; each is bounded by the node timeout.
-        let deadline = ContinuousClock.now + options.nodeTimeout + .milliseconds(50)
-        while releasesInFlight.load(ordering: .acquiring) > 0 && ContinuousClock.now < deadline {
+        for (value, lock) in held {
+            releaseEverywhere(lock.keys, value: value, until: .now + lock.ttl, options: options)
+        }
+        let deadline = ContinuousClock.now + Self.closeGrace(options)
+        while operationsInFlight.load(ordering: .acquiring) > 0 && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(2))
         }
         await withTaskGroup(of: Void.self) { group in
@@ -581,7 +762,18 @@ public final class Redlock: Sendable {
         }
     }
 
+    /// How long ``close()`` waits for the attempts and releases under way: an attempt (its SET round
+    /// and a fencing write-back) and then its release, each bounded by the node timeout, plus 50 ms.
+    static func closeGrace(_ options: RedlockOptions) -> Duration {
+        options.nodeTimeout * 3 + .milliseconds(50)
+    }
+
     private var isClosed: Bool { state.withLock { $0.closed } }
+
+    /// When the failed releases pending on node `index` stop being retried (for tests).
+    func pendingReleaseExpiries(on index: Int) -> [ContinuousClock.Instant] {
+        state.withLock { $0.releaseRetries[index].values.map(\.expiry) }
+    }
 
     // MARK: Internals
 
@@ -595,6 +787,13 @@ public final class Redlock: Sendable {
         }
         guard !keys.contains(where: \.isEmpty) else {
             throw RedlockError(.invalidArgument, message: "the resource name is empty")
+        }
+        if let reserved = keys.first(where: { $0.hasPrefix(Lock.fencingKeyPrefix) }) {
+            throw RedlockError(
+                .invalidArgument, resource: reserved,
+                message:
+                    "resource names starting with \"\(Lock.fencingKeyPrefix)\" are reserved for fencing counters"
+            )
         }
         guard Set(keys).count == keys.count else {
             throw RedlockError(.invalidArgument, message: "a resource is named twice in \(keys)")
@@ -624,14 +823,36 @@ public final class Redlock: Sendable {
                     "ttl \(ttl) must be greater than the drift allowance \(drift) (drift + driftFactor × ttl)"
             )
         }
+        state.withLock { state in
+            if ttl > state.longestTTL { state.longestTTL = ttl }
+        }
         return options
+    }
+
+    /// What a fan-out asks of the nodes, for how their answers count.
+    enum RoundKind {
+        /// SET NX: a late answer is a timeout, a restarted node's grant does not count yet, and a
+        /// duplicate node fails.
+        case acquire
+        /// Compare-and-pexpire (renew, fencing write-back): a late answer is a timeout, and a
+        /// duplicate node fails.
+        case extend
+        /// Compare-and-delete: a duplicate node is not asked (its server is asked as the earlier node).
+        case release
     }
 
     /// Runs `operation` on every node at once and returns when the outcome is certain (or, with
     /// `.answered`, when the nodes waited for have answered); `whenAllAnswered` runs once every
-    /// node has. A cancellable fan-out returns at once when its
-    /// task is cancelled, with the answers so far (undecided); a release is never cut short.
+    /// node has. A cancellable fan-out returns at once when its task is cancelled, with the answers
+    /// so far (undecided); a release is never cut short.
+    ///
+    /// How answers count is decided here, once for every operation: the node timeout is strict (an
+    /// answer that comes after it, though before the node's own timer fired, is a timeout), a node
+    /// whose server restarted within the quarantine does not grant, and a node that is another
+    /// node's server (same `run_id`) has no vote.
     private func fanOut(
+        _ kind: RoundKind,
+        options: RedlockOptions,
         until: FanOutRound.Until = .settled,
         cancellable: Bool = false,
         whenAllAnswered: (@Sendable (QuorumTally) -> Void)? = nil,
@@ -640,12 +861,35 @@ public final class Redlock: Sendable {
     ) async -> QuorumTally {
         let round = FanOutRound(nodeCount: nodes.count, until: until, whenAllAnswered: whenAllAnswered)
         let nodes = nodes
+        let names = names
+        let (duplicates, longestTTL) = state.withLock { ($0.duplicateOf, $0.longestTTL) }
+        let quarantine: Duration? =
+            switch (kind, options.restartQuarantine) {
+            case (.acquire, .longestTTL): longestTTL
+            case (.acquire, .fixed(let duration)): duration
+            default: nil
+            }
+        let timeout = options.nodeTimeout
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 round.start { continuation.resume(returning: $0) }
                 let send: @Sendable () -> Void = {
+                    let sent = ContinuousClock.now
                     for (index, node) in nodes.enumerated() {
-                        operation(index, node) { round.record($0, at: index) }
+                        if let first = duplicates[index] {
+                            let duplicate = NodeFailure(
+                                .duplicate,
+                                "the same server as \(names[first]) (run_id \(node.serverID ?? "?")): one vote"
+                            )
+                            round.record(kind == .release ? .refused : .failed(duplicate), at: index)
+                            continue
+                        }
+                        operation(index, node) { result in
+                            round.record(
+                                Self.counted(
+                                    result, kind, node, sent: sent, timeout: timeout, quarantine: quarantine),
+                                at: index)
+                        }
                     }
                 }
                 // One hop to the nodes' shared queue; there each command goes straight to hiredis,
@@ -655,6 +899,29 @@ public final class Redlock: Sendable {
         } onCancel: {
             if cancellable { round.finishEarly() }
         }
+    }
+
+    /// How one node's answer counts (see ``fanOut(_:options:until:cancellable:whenAllAnswered:_:)``).
+    private static func counted(
+        _ result: NodeResult, _ kind: RoundKind, _ node: any RedlockNode, sent: ContinuousClock.Instant,
+        timeout: Duration, quarantine: Duration?
+    ) -> NodeResult {
+        if kind == .release { return result }
+        if case .failed = result { return result }
+        let elapsed = ContinuousClock.now - sent
+        if elapsed > timeout {
+            // Whatever the command did (it ran), the answer is too late to count.
+            return .failed(
+                NodeFailure(.timeout, "answered after \(elapsed), past the node timeout of \(timeout)"))
+        }
+        if result == .succeeded, let quarantine, let since = node.timeSinceRestart, since < quarantine {
+            return .failed(
+                NodeFailure(
+                    .restarted,
+                    "the server restarted \(since) ago (new run_id); its grants count again in \(quarantine - since)"
+                ))
+        }
+        return result
     }
 
     /// One line per acquire attempt, with its outcome: `granted` or the error's kind, and the

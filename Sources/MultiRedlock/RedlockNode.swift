@@ -49,11 +49,24 @@ public protocol RedlockNode: Sendable {
     /// Registers the one handler told each time the connection goes up (true) or down (false).
     /// ``Redlock`` calls this once, when it is created.
     func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void)
+    /// The identity of the server process behind the node (Redis's `run_id`) as of its last
+    /// connection, or nil when unknown. ``Redlock`` counts two nodes that report the same identity as
+    /// one server: only the first of them votes. The default is nil.
+    var serverID: String? { get }
+    /// How long ago the node last saw its server restart (a new `run_id` on a reconnect: a new
+    /// process, which may have lost the locks it held), or nil when it never did. ``Redlock`` does
+    /// not count a restarted node's grants for a while (see ``RedlockOptions/restartQuarantine``).
+    /// The default is nil.
+    var timeSinceRestart: Duration? { get }
     /// Closes the node's connection.
     func close() async
 }
 
 extension RedlockNode {
+    public var serverID: String? { nil }
+
+    public var timeSinceRestart: Duration? { nil }
+
     public func acquire(
         keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
@@ -121,9 +134,13 @@ public struct NodeFailure: Error, Sendable, Hashable, CustomStringConvertible {
         case unreachable
         /// The node was closed.
         case closed
-        /// The server restarted (its `run_id` changed) less than the longest ttl this client used
-        /// ago: it may have lost locks it held, so its grants do not count yet. The key was set.
+        /// The server restarted (its `run_id` changed) within the restart quarantine (see
+        /// ``RedlockOptions/restartQuarantine``): it may have lost locks it held, so its grants do
+        /// not count yet. The key was set.
         case restarted
+        /// The node is the same server as an earlier node in the list (the same `run_id`, reached
+        /// under another address): it does not vote, so one server never counts twice.
+        case duplicate
     }
 
     /// The kind of failure.

@@ -38,11 +38,24 @@ public struct RedlockOptions: Sendable {
     public var maxHold: Duration
 
     /// Issue a fencing token with every lock (``Lock/fencingToken``): a number that strictly increases
-    /// with each grant of a resource, across clients and across a minority of node restarts, for the
-    /// storage the lock protects to check. Costs one more round trip per lock, keeps a counter key
-    /// `<resource>:fencing-token` on each node, and assumes nodes keep their data across restarts
-    /// (`appendfsync always`). Single-resource locks only. The default is false.
+    /// with each grant of a resource, for the storage the lock protects to check. Single-resource
+    /// locks only. The default is false.
+    ///
+    /// Each grant reads the counters of the quorum that granted it, takes the maximum + 1, and writes
+    /// it back to a quorum before the lock is returned; majorities intersect, so the next grant
+    /// reads it. Costs one more round trip per lock and keeps a counter key per resource on each
+    /// node (``Lock/fencingKey(for:)``, in a namespace no lock key can take).
+    ///
+    /// > Important: the order holds only while no node of a write-back quorum loses its counter.
+    /// > The write-back may reach exactly a quorum; if one of those nodes then restarts without its
+    /// > data, the next grant's quorum may miss the highest counter and repeat a token. Run the nodes
+    /// > with `appendfsync always` when you rely on fencing tokens.
     public var fencingTokens: Bool
+
+    /// How long a node's grants do not count after it was seen to restart (a new `run_id`: a new
+    /// process that may have lost the locks it held). The default is
+    /// ``RestartQuarantine/longestTTL``.
+    public var restartQuarantine: RestartQuarantine
 
     /// Logs each attempt at `debug` level when true; at `trace` level when false (the default), as the
     /// seed's `debug` flag did. The library never changes the logger's level.
@@ -67,6 +80,7 @@ public struct RedlockOptions: Sendable {
         connection: RedisConnectionOptions = .init(),
         maxHold: Duration = .seconds(600),
         fencingTokens: Bool = false,
+        restartQuarantine: RestartQuarantine = .longestTTL,
         debug: Bool = false,
         logger: Logger = Logger(label: "multiredlock")
     ) {
@@ -79,6 +93,7 @@ public struct RedlockOptions: Sendable {
         self.connection = connection
         self.maxHold = maxHold
         self.fencingTokens = fencingTokens
+        self.restartQuarantine = restartQuarantine
         self.debug = debug
         self.logger = logger
     }
@@ -100,7 +115,29 @@ public struct RedlockOptions: Sendable {
         if retryWait < .zero { throw invalid("retryWait must not be negative (got \(retryWait))") }
         if maxHold <= .zero { throw invalid("options.maxHold must be positive (got \(maxHold))") }
         if nodeTimeout <= .zero { throw invalid("options.nodeTimeout must be positive (got \(nodeTimeout))") }
+        if case .fixed(let duration) = restartQuarantine, duration < .zero {
+            throw invalid("options.restartQuarantine must not be negative (got \(duration))")
+        }
     }
+}
+
+/// How long a restarted node's grants do not count (``RedlockOptions/restartQuarantine``).
+///
+/// A Redis server restarted without persistence has lost the locks it held: until they would have
+/// expired, its grants could give a second client a lock the first still holds. The Redlock
+/// pattern asks operators to delay such restarts by the longest ttl; a client that saw the restart
+/// (its connection found a new `run_id`) enforces the delay itself. A client that first connects
+/// after the restart cannot know: for that, run the nodes with `appendfsync always`.
+public enum RestartQuarantine: Sendable, Hashable {
+    /// For the longest ttl this client has used (locks and renewals), from when the restart was
+    /// seen. Enough when every client of the resources uses ttls no longer than this one's.
+    case longestTTL
+    /// For a fixed time from when the restart was seen: set it to the longest ttl any client of the
+    /// fleet uses, when some use longer ttls than this one.
+    case fixed(Duration)
+    /// Never: a restarted node's grants count at once. For nodes that keep their data across
+    /// restarts (`appendfsync always`), which lose no lock.
+    case off
 }
 
 #if canImport(Glibc)

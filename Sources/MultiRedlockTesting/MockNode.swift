@@ -162,10 +162,10 @@ public final class MockRedlockNode: RedlockNode {
         var nextID = 0
         /// The server process: a restart starts a new one, and commands sent to the old one never run.
         var generation = 0
-        /// The longest ttl this node was asked to set, in milliseconds.
-        var longestTTL: Int64 = 0
         /// When the server last restarted, on the node's clock.
         var restartedAt: Duration?
+        /// The server's identity (`run_id`), if set.
+        var serverID: String?
 
         mutating func register(_ answer: @escaping Answer) -> Int {
             nextID += 1
@@ -195,7 +195,7 @@ public final class MockRedlockNode: RedlockNode {
                 guard milliseconds > 0 else { return invalidExpireTime }
                 if entry(key, now: now) != nil { return (.refused, 0) }
                 store[key] = Entry(value: value, expiresAt: now + .milliseconds(milliseconds))
-                return (grant(now: now), 0)
+                return (.succeeded, 0)
             case .extend(let key, let value, let ttl):
                 guard entry(key, now: now)?.value == value else { return (.refused, 0) }
                 pexpire(key, ttl.mockWholeMilliseconds, now: now)
@@ -211,7 +211,7 @@ public final class MockRedlockNode: RedlockNode {
                 for key in keys {
                     store[key] = Entry(value: value, expiresAt: now + .milliseconds(milliseconds))
                 }
-                return (grant(now: now), 0)
+                return (.succeeded, 0)
             case .extendAll(let keys, let value, let ttl):
                 guard keys.allSatisfy({ entry($0, now: now)?.value == value }) else { return (.refused, 0) }
                 for key in keys { pexpire(key, ttl.mockWholeMilliseconds, now: now) }
@@ -233,7 +233,7 @@ public final class MockRedlockNode: RedlockNode {
                         .failed(NodeFailure(.errorReply, "unexpected reply: the counter is not a number")), 0
                     )
                 }
-                return (grant(now: now), counter)
+                return (.succeeded, counter)
             case .raiseFence(let key, let counterKey, let value, let token):
                 guard entry(key, now: now)?.value == value else { return (.refused, 0) }
                 guard let counter = self.counter(counterKey, now: now) else {
@@ -242,15 +242,6 @@ public final class MockRedlockNode: RedlockNode {
                 if token > counter { store[counterKey] = Entry(value: String(token), expiresAt: nil) }
                 return (.succeeded, 0)
             }
-        }
-
-        /// A grant's answer: ``NodeResult/succeeded``, or, within the longest ttl after a restart,
-        /// ``NodeFailure/Kind/restarted`` as ``RedisNode`` answers (the key is set all the same).
-        func grant(now: Duration) -> NodeResult {
-            guard let restartedAt, now < restartedAt + .milliseconds(longestTTL) else { return .succeeded }
-            let left = restartedAt + .milliseconds(longestTTL) - now
-            return .failed(
-                NodeFailure(.restarted, "the server restarted; its grants count again in \(left)"))
         }
 
         /// PEXPIRE: a ttl that is not positive deletes the key.
@@ -351,9 +342,9 @@ public final class MockRedlockNode: RedlockNode {
     /// Without persistence (the default) every key is lost. Calls waiting for an answer (latency,
     /// hung) answer ``NodeFailure/Kind/connectionLost`` and their commands never run, and a hang
     /// ends. A connected node's observer is told the connection went down and came back. Then, as a
-    /// ``RedisNode`` that sees the server's new `run_id`, for the longest ttl this node was asked to
-    /// set (from now, on the node's clock) its grants answer ``NodeFailure/Kind/restarted``; the key
-    /// is set all the same.
+    /// ``RedisNode`` that sees the server's new `run_id`, ``timeSinceRestart`` counts from now on the
+    /// node's clock, and a ``Redlock`` does not count the node's grants for its
+    /// ``RedlockOptions/restartQuarantine`` (the keys are set all the same).
     /// - Parameter keepingData: true for a server that keeps its data across restarts
     ///   (`appendfsync always`): the keys survive, with their expiry.
     public func restart(keepingData: Bool = false) {
@@ -374,6 +365,19 @@ public final class MockRedlockNode: RedlockNode {
             observer?(false)
             observer?(true)
         }
+    }
+
+    /// How long ago, on the node's clock, the node last restarted (``restart(keepingData:)``); nil
+    /// when it never did.
+    public var timeSinceRestart: Duration? {
+        state.withLock { state in state.restartedAt.map { clock.now - $0 } }
+    }
+
+    /// The server identity the node reports (Redis's `run_id`); nil (the default) for none. Give two
+    /// nodes the same identity to play one server reached under two addresses.
+    public var serverID: String? {
+        get { state.withLock { $0.serverID } }
+        set { state.withLock { $0.serverID = newValue } }
     }
 
     // MARK: Connection
@@ -568,8 +572,6 @@ public final class MockRedlockNode: RedlockNode {
         let now = clock.now
         let plan: Plan = state.withLock { state in
             state.calls.append(call)
-            // As a RedisNode, before sending: the longest ttl asked for bounds a restart's quarantine.
-            if let ttl = call.ttl { state.longestTTL = max(state.longestTTL, ttl.mockWholeMilliseconds) }
             if state.closed { return .answer((.failed(NodeFailure(.closed, "\(name) was closed")), 0)) }
             if !state.connected { return .answer((.failed(NodeFailure(.unreachable, "\(name) is down")), 0)) }
             if state.isHung {

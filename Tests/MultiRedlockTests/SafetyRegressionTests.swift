@@ -1,0 +1,350 @@
+import MultiRedlockTesting
+import Synchronization
+import Testing
+
+@testable import MultiRedlock
+
+// The safety review's findings (issue 12) on in-memory nodes: each test fails on the defect it
+// names. Nodes get clocks of their own where skew between nodes matters.
+
+/// A node that answers the next `failures` calls `unreachable` without running them (a connection
+/// that flaps between two commands), then forwards to `inner`. Its connection observer is not
+/// forwarded when `observing` is false, so a second client can share `inner` without taking over
+/// its observer.
+private final class FlakyNode: RedlockNode {
+    let inner: MockRedlockNode
+    private let failures: Atomic<Int>
+    private let observing: Bool
+    /// How late the node answers, ignoring the call's timeout (a reply that comes after its deadline).
+    private let lateBy: Duration?
+    /// Whether every release runs but answers a timeout (its reply is lost).
+    private let losingReleaseReplies: Bool
+
+    init(
+        _ inner: MockRedlockNode, failing failures: Int = 0, observing: Bool = true, lateBy: Duration? = nil,
+        losingReleaseReplies: Bool = false
+    ) {
+        self.inner = inner
+        self.failures = Atomic(failures)
+        self.observing = observing
+        self.lateBy = lateBy
+        self.losingReleaseReplies = losingReleaseReplies
+    }
+
+    var name: String { inner.name }
+    var isConnected: Bool { inner.isConnected }
+    var serverID: String? { inner.serverID }
+    var timeSinceRestart: Duration? { inner.timeSinceRestart }
+
+    /// Whether this call fails; counts it down.
+    private func flaked(_ completion: @escaping @Sendable (NodeResult) -> Void) -> Bool {
+        var current = failures.load(ordering: .relaxed)
+        while current > 0 {
+            let (exchanged, original) = failures.compareExchange(
+                expected: current, desired: current - 1, ordering: .relaxed)
+            if exchanged {
+                completion(.failed(NodeFailure(.unreachable, "\(name) flapped")))
+                return true
+            }
+            current = original
+        }
+        return false
+    }
+
+    private func answer(_ completion: @escaping @Sendable (NodeResult) -> Void)
+        -> @Sendable (NodeResult) -> Void
+    {
+        guard let lateBy else { return completion }
+        return { result in
+            Task {
+                try? await Task.sleep(for: lateBy)
+                completion(result)
+            }
+        }
+    }
+
+    func acquire(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        if flaked(completion) { return }
+        inner.acquire(key: key, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
+    }
+
+    func extend(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        if flaked(completion) { return }
+        inner.extend(key: key, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
+    }
+
+    func release(
+        key: String, value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        if flaked(completion) { return }
+        guard losingReleaseReplies else {
+            return inner.release(key: key, value: value, timeout: timeout, completion: completion)
+        }
+        inner.release(key: key, value: value, timeout: timeout) { _ in
+            completion(.failed(NodeFailure(.timeout, "the reply was lost")))
+        }
+    }
+
+    func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void) {
+        if observing { inner.observeConnection(handler) } else { handler(true) }
+    }
+
+    func close() async {
+        if observing { await inner.close() }
+    }
+}
+
+/// Nodes named `node0`, `node1`, …, each on a manual clock of its own.
+private func makeNodes(_ count: Int) -> [MockRedlockNode] {
+    (0..<count).map { MockRedlockNode(name: "node\($0)", clock: MockClock()) }
+}
+
+private func options(retries: Int = 0, retryWait: Duration = .zero) -> RedlockOptions {
+    RedlockOptions(id: "safety", retries: retries, retryWait: retryWait, nodeTimeout: .milliseconds(200))
+}
+
+private func kind(of operation: () async throws -> some Any) async -> RedlockError.Kind? {
+    do {
+        _ = try await operation()
+        return nil
+    } catch let error as RedlockError {
+        return error.kind
+    } catch {
+        Issue.record("threw \(error), not a RedlockError")
+        return nil
+    }
+}
+
+@Suite struct SafetyRegressionTests {
+    /// Issue 12, item 1: attempt 1 is granted by node0 only (the others flap: unreachable), so it
+    /// fails and its release fails on the flapping nodes, which schedules background retries.
+    /// Attempt 2 is granted by every node. The retries of attempt 1 must not delete attempt 2's
+    /// keys: a second client stays refused while the lock is valid, and a quorum keeps its value.
+    @Test("a failed attempt's release retries never delete a later attempt's keys", arguments: [3, 5])
+    func releaseRetriesOfAFailedAttemptSpareTheNextAttempt(nodeCount: Int) async throws {
+        let nodes = makeNodes(nodeCount)
+        let flapping = nodeCount / 2 + 1  // enough to fail attempt 1
+        // Each flapping node fails attempt 1's SET and its release (two calls), then works.
+        let first = nodes.enumerated().map { index, node in
+            FlakyNode(node, failing: index >= nodeCount - flapping ? 2 : 0)
+        }
+        var fast = options(retries: 1)
+        fast.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
+        let client = try Redlock(nodes: first, options: fast)
+        let lock = try await client.lock("invoice-42", ttl: .seconds(10))
+        #expect(lock.attempts == 2, "attempt 1 failed (the flapping nodes were unreachable)")
+
+        // Let the background retries of attempt 1 run (first after 20 ms, then every 40 ms).
+        try await Task.sleep(for: .milliseconds(300))
+        let holding = nodes.count { $0.value(of: "invoice-42") == lock.value }
+        #expect(holding >= nodeCount / 2 + 1, "a quorum still holds the lock: \(holding) of \(nodeCount)")
+
+        let other = try Redlock(nodes: nodes.map { FlakyNode($0, observing: false) }, options: options())
+        #expect(await kind { try await other.lock("invoice-42", ttl: .seconds(10)) } == .taken)
+        #expect(lock.isValid)
+        await client.close()
+    }
+
+    /// Issue 12, item 7: `close()` while `lock()` is in flight. Either `lock` fails with `closed`
+    /// and no node holds its value, or it returns a lock that `close()` released.
+    @Test("close() while a lock is in flight leaves nothing locked")
+    func closeDuringLock() async throws {
+        let nodes = makeNodes(3)
+        for node in nodes { node.latency = .milliseconds(100) }
+        let redlock = try Redlock(nodes: nodes, options: options())
+        let locking = Task { try await redlock.lock("r", ttl: .seconds(30)) }
+        try await Task.sleep(for: .milliseconds(30))
+        await redlock.close()
+        let result = await locking.result
+        for node in nodes { node.latency = .zero }
+        #expect(nodes.allSatisfy { $0.keys.isEmpty }, "left locked: \(nodes.map(\.keys))")
+        if case .failure(let error) = result {
+            #expect((error as? RedlockError)?.kind == .closed)
+        }
+    }
+
+    /// Issue 12, item 7: a lock returned just before `close()` is released by it.
+    @Test("close() releases the locks this client holds")
+    func closeReleasesHeldLocks() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: options())
+        _ = try await redlock.lock("a", ttl: .seconds(30))
+        _ = try await redlock.lock(["b", "c"], ttl: .seconds(30))
+        let released = try await redlock.lock("d", ttl: .seconds(30))
+        try await redlock.release(released)
+        #expect(nodes.allSatisfy { $0.keys.count == 3 })
+        await redlock.close()
+        #expect(nodes.allSatisfy { $0.keys.isEmpty }, "left locked: \(nodes.map(\.keys))")
+    }
+
+    /// Issue 12, item 7: with the keys gone on two of three nodes (their clocks ran ahead), renew
+    /// says `notHeld` and must not leave the third node's key extended to the new ttl.
+    @Test("renew with the keys expired on a majority leaves nothing extended")
+    func renewWithPartialExpiry() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: options())
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        nodes[0].clock.advance(by: .seconds(11))
+        nodes[1].clock.advance(by: .seconds(11))
+        #expect(await kind { try await redlock.renew(lock, ttl: .seconds(60)) } == .notHeld)
+        try await waitUntil { nodes[2].value(of: "r") == nil }
+        let other = try Redlock(nodes: nodes.map { FlakyNode($0, observing: false) }, options: options())
+        _ = try await other.lock("r", ttl: .seconds(1))
+    }
+
+    /// Issue 12, item 7: release with the keys expired on some nodes reports the ones it released.
+    @Test("release with the keys expired on some nodes")
+    func releaseWithPartialExpiry() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: options())
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        nodes[0].clock.advance(by: .seconds(11))
+        nodes[1].clock.advance(by: .seconds(11))
+        #expect(try await redlock.release(lock) == 1)
+        #expect(nodes.allSatisfy { $0.value(of: "r") == nil })
+        nodes[2].clock.advance(by: .seconds(11))
+        let again = try await redlock.lock("r", ttl: .seconds(10))
+        for node in nodes { node.clock.advance(by: .seconds(11)) }
+        #expect(await kind { try await redlock.release(again) } == .notHeld)
+    }
+
+    /// Issue 12, item 7: failed releases are retried once per node and value, and dropped when a
+    /// later grant of the same keys on that node shows the value is gone, or when the client closes.
+    @Test("background release retries are bounded: superseded and closed ones stop")
+    func releaseRetriesAreBounded() async throws {
+        let nodes = makeNodes(3)
+        var opts = options()
+        opts.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
+        // node1 and node2 flap for the first SET, and never deliver a release's reply.
+        let redlock = try Redlock(
+            nodes: [FlakyNode(nodes[0])]
+                + nodes.dropFirst().map { FlakyNode($0, failing: 1, losingReleaseReplies: true) },
+            options: opts)
+        #expect(await kind { try await redlock.lock("r", ttl: .seconds(30)) } == .quorumUnavailable)
+        let failedValue = try #require(nodes[0].calls.first?.value)
+        let releasesOfFailed: @Sendable () -> Int = {
+            nodes[2].calls.count { $0 == .release(key: "r", value: failedValue) }
+        }
+        try await waitUntil { releasesOfFailed() >= 3 }
+
+        // node2 grants the same key to a new lock: the old value's retries stop there.
+        let lock = try await redlock.lock("r", ttl: .seconds(30))
+        #expect(nodes[2].value(of: "r") == lock.value)
+        try await Task.sleep(for: .milliseconds(50))  // a retry already under way may still land
+        let afterGrant = releasesOfFailed()
+        try await Task.sleep(for: .milliseconds(250))
+        #expect(releasesOfFailed() == afterGrant, "superseded retries stopped")
+
+        // Retries of a release stop when the client closes.
+        try await redlock.release(lock)
+        let releasesOfLock: @Sendable () -> Int = {
+            nodes[2].calls.count { $0 == .release(key: "r", value: lock.value) }
+        }
+        try await waitUntil { releasesOfLock() >= 3 }
+        await redlock.close()
+        let atClose = releasesOfLock()
+        try await Task.sleep(for: .milliseconds(250))
+        #expect(releasesOfLock() == atClose, "no retry after close")
+    }
+
+    /// A failed attempt is released only where its keys may be: a node that answered the SET NX
+    /// with a refusal holds another value (each attempt's value is its own), so it gets no release.
+    @Test("a failed attempt is not released on the nodes that refused it")
+    func noReleaseWhereRefused() async throws {
+        let nodes = makeNodes(3)
+        nodes[0].set(key: "r", value: "foreign")
+        nodes[1].isDown = true
+        let redlock = try Redlock(nodes: nodes, options: options())
+        #expect(await kind { try await redlock.lock("r", ttl: .seconds(10)) } == .quorumUnavailable)
+        let value = try #require(nodes[2].calls.first?.value)
+        try await waitUntil { nodes[2].calls.contains(.release(key: "r", value: value)) }
+        #expect(nodes[1].calls.contains(.release(key: "r", value: value)), "the down node may hold it")
+        #expect(!nodes[0].calls.contains { $0.isRelease }, "node0 refused: \(nodes[0].calls)")
+        #expect(nodes[0].value(of: "r") == "foreign")
+        await redlock.close()
+    }
+
+    /// Issue 12, item 6: a reply that comes after the node timeout does not count, even when the
+    /// node's own timer did not fire.
+    @Test("the node timeout is strict: late grants do not count")
+    func lateGrantsDoNotCount() async throws {
+        let nodes = makeNodes(3)
+        let client = try Redlock(
+            nodes: [
+                FlakyNode(nodes[0]), FlakyNode(nodes[1], lateBy: .milliseconds(400)),
+                FlakyNode(nodes[2], lateBy: .milliseconds(400)),
+            ],
+            options: options())
+        let error = try await #require(throws: RedlockError.self) {
+            try await client.lock("r", ttl: .seconds(10))
+        }
+        #expect(error.kind == .quorumUnavailable)
+        #expect(
+            error.nodes.filter {
+                if case .failed(let failure) = $0.outcome { failure.kind == .timeout } else { false }
+            }.count == 2, "\(error)")
+        // And the late SETs were released.
+        try await waitUntil { nodes.allSatisfy { $0.value(of: "r") == nil } }
+    }
+
+    /// Issue 12, item 6: `unlock(_ lock:)` frees every resource of a multi-resource lock, and
+    /// ``Lock/resources`` lists them (``Lock/resource`` is only a name for messages).
+    @Test("unlock(lock) frees a multi-resource lock")
+    func unlockMultiResource() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: options())
+        let lock = try await redlock.lock(["a", "b"], ttl: .seconds(10))
+        #expect(lock.resources == ["a", "b"])
+        redlock.unlock(lock)
+        try await waitUntil { nodes.allSatisfy(\.keys.isEmpty) }
+        // A resource literally named "a,b" is another resource.
+        let single = try await redlock.lock("a,b", ttl: .seconds(10))
+        _ = try await redlock.lock(["a", "b"], ttl: .seconds(10))
+        try await redlock.release(single)
+    }
+
+    /// Issue 12, item 6: `unlock` retries a failed release until the lock's keys expire (its ttl
+    /// from now), not for a fixed 60 s; a value this client does not know is retried for the longest
+    /// ttl it used.
+    @Test("unlock retries until the keys expire, not for a fixed 60 s")
+    func unlockRetriesUntilExpiry() async throws {
+        let nodes = makeNodes(3)
+        let redlock = try Redlock(nodes: nodes, options: options())
+        let lock = try await redlock.lock("r", ttl: .seconds(600))
+        nodes[2].isDown = true
+        let start = ContinuousClock.now
+        redlock.unlock(lock.resource, value: lock.value)
+        try await waitUntil { !redlock.pendingReleaseExpiries(on: 2).isEmpty }
+        let expiry = try #require(redlock.pendingReleaseExpiries(on: 2).first)
+        #expect(expiry - start > .seconds(590), "retried until \(expiry - start) from now")
+
+        redlock.unlock("other", value: "someone_else_123")
+        try await waitUntil { redlock.pendingReleaseExpiries(on: 2).count == 2 }
+        #expect(redlock.pendingReleaseExpiries(on: 2).allSatisfy { $0 - start > .seconds(590) })
+
+        // The reconnect runs the retries at once.
+        nodes[2].isDown = false
+        try await waitUntil {
+            nodes[2].value(of: "r") == nil && redlock.pendingReleaseExpiries(on: 2).isEmpty
+        }
+        await redlock.close()
+    }
+}
+
+/// Polls `condition` every 5 ms for up to 3 s.
+private func waitUntil(_ condition: @Sendable () -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(3)
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("condition not met within 3 s")
+            return
+        }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}

@@ -358,12 +358,13 @@ public final class Redlock: Sendable {
                     metrics.failed(error.kind)
                     throw error
                 }
-                // Wait for the release on the nodes that answered the attempt; a node that timed out
-                // (hung) is released in the background and would only delay the retry.
+                // Wait for the release on the nodes that answered the attempt promptly (granted, or
+                // an error reply); a node that timed out, was not connected or lost its connection
+                // is released in the background: waiting for it could cost another node timeout.
                 let answeredInTime = outcomes.map { outcome in
                     switch outcome {
                     case .pending, .refused: false
-                    case .failed(let failure): failure.kind != .timeout
+                    case .failed(let failure): failure.kind == .errorReply
                     case .granted: true
                     }
                 }

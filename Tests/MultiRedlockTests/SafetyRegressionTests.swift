@@ -337,6 +337,198 @@ private func kind(of operation: () async throws -> some Any) async -> RedlockErr
     }
 }
 
+/// Issue 12, items 4 to 6 on in-memory nodes: one server counted once, the restart quarantine's three
+/// settings, and the fencing counters.
+@Suite struct SafetyOptionTests {
+    /// Item 4: two nodes that report one server identity (one Redis reached under two addresses)
+    /// vote once; the evidence names both, and `isConnected` counts distinct servers.
+    @Test("the same server under two names votes once")
+    func duplicateServerVotesOnce() async throws {
+        let nodes = makeNodes(3)
+        nodes[0].serverID = "run-a"
+        nodes[1].serverID = "run-a"
+        nodes[2].serverID = "run-c"
+        nodes[2].isDown = true
+        let redlock = try Redlock(nodes: nodes, options: options())
+        #expect(!redlock.isConnected, "one distinct server connected of three")
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.lock("r", ttl: .seconds(10))
+        }
+        #expect(error.kind == .quorumUnavailable)
+        let duplicate = error.nodes.first { $0.node == "node1" }
+        guard case .failed(let failure) = duplicate?.outcome else {
+            Issue.record("node1 did not fail: \(error)")
+            return
+        }
+        #expect(failure.kind == .duplicate)
+        #expect(failure.message.contains("node0"), "names the other address: \(failure)")
+        #expect(nodes[1].calls.isEmpty, "nothing is sent to a duplicate")
+        // With the third server up, the two distinct servers make a quorum of three.
+        try await waitUntil { nodes[0].value(of: "r") == nil }  // the failed attempt's release
+        nodes[2].isDown = false
+        #expect(redlock.isConnected)
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        #expect(lock.nodes == ["node0", "node2"])
+        await redlock.close()
+    }
+
+    /// Item 5: the default quarantine lasts the longest ttl this client used; a fixed one lasts its
+    /// duration whatever the ttls; `off` counts a restarted node at once.
+    @Test(
+        "restart quarantine: longest ttl, fixed, off",
+        arguments: [
+            (RestartQuarantine.longestTTL, Duration.seconds(10)), (.fixed(.seconds(60)), .seconds(60)),
+            (.off, .zero),
+        ])
+    func restartQuarantine(setting: RestartQuarantine, lasts: Duration) async throws {
+        let clock = MockClock()
+        let nodes = (0..<3).map { MockRedlockNode(name: "node\($0)", clock: clock) }
+        var opts = options()
+        opts.restartQuarantine = setting
+        let redlock = try Redlock(nodes: nodes, options: opts)
+        try await redlock.release(try await redlock.lock("warm", ttl: .seconds(10)))
+        nodes[0].restart()
+        nodes[1].isDown = true
+        if lasts > .zero {
+            #expect(await kind { try await redlock.lock("a", ttl: .seconds(1)) } == .quorumUnavailable)
+            clock.advance(by: lasts - .milliseconds(1))
+            let error = try await #require(throws: RedlockError.self) {
+                try await redlock.lock("b", ttl: .seconds(1))
+            }
+            #expect(
+                error.nodes.contains {
+                    if case .failed(let failure) = $0.outcome { failure.kind == .restarted } else { false }
+                }, "\(error)")
+            clock.advance(by: .milliseconds(1))
+        }
+        let lock = try await redlock.lock("c", ttl: .seconds(1))
+        #expect(lock.nodes == ["node0", "node2"])
+        await redlock.close()
+    }
+
+    /// Item 6: a resource named like a fencing counter's key is refused, and a resource named
+    /// `<r>:fencing-token` no longer meets `r`'s counter.
+    @Test("fencing counters live in a namespace no lock key can take")
+    func fencingNamespace() async throws {
+        let nodes = makeNodes(3)
+        var opts = options()
+        opts.fencingTokens = true
+        let redlock = try Redlock(nodes: nodes, options: opts)
+        let lock = try await redlock.lock("r", ttl: .seconds(10))
+        #expect(lock.fencingToken == 1)
+        #expect(nodes[0].value(of: Lock.fencingKey(for: "r")) == "1")
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.lock(Lock.fencingKey(for: "r"), ttl: .seconds(10))
+        }
+        #expect(error.kind == .invalidArgument)
+        let other = try await redlock.lock("r:fencing-token", ttl: .seconds(10))
+        #expect(other.fencingToken == 1)
+        await redlock.close()
+    }
+
+    /// Item 6: when the keys expire before the write-back, the write-back is refused: that is
+    /// `validityExpired`, not `taken`.
+    @Test("a write-back refused because the keys expired is validityExpired")
+    func fencingWriteBackAfterExpiry() async throws {
+        let nodes = makeNodes(3)
+        let expiring = nodes.map { ExpiringBeforeWriteBack($0, all: nodes) }
+        var opts = options()
+        opts.fencingTokens = true
+        let redlock = try Redlock(nodes: expiring, options: opts)
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.lock("r", ttl: .seconds(10))
+        }
+        #expect(error.kind == .validityExpired, "\(error)")
+        await redlock.close()
+    }
+
+    /// Item 6: the fencing order's real condition. The write-back may reach exactly a quorum; a node
+    /// of that quorum that then loses its counter (a restart without data) lets the next grant's
+    /// quorum miss the highest token, which repeats. Without the loss, tokens increase.
+    @Test("fencing tokens repeat when a write-back quorum node loses its counter", arguments: [false, true])
+    func fencingBoundary(losesCounter: Bool) async throws {
+        let nodes = makeNodes(3)
+        var opts = options()
+        opts.fencingTokens = true
+        opts.restartQuarantine = .off
+        let redlock = try Redlock(nodes: nodes, options: opts)
+        // The first grant's write-back reaches node0 and node1 only (node2 is down).
+        nodes[2].isDown = true
+        let first = try await redlock.lock("r", ttl: .seconds(10))
+        try await redlock.release(first)
+        #expect(nodes.map { $0.value(of: Lock.fencingKey(for: "r")) } == ["1", "1", nil])
+        if losesCounter { nodes[1].restart() }
+        // The next grant's quorum is node1 and node2 (node0 is down).
+        nodes[2].isDown = false
+        nodes[0].isDown = true
+        let second = try await redlock.lock("r", ttl: .seconds(10))
+        let (firstToken, secondToken) = (try #require(first.fencingToken), try #require(second.fencingToken))
+        if losesCounter {
+            #expect(secondToken == firstToken, "the boundary: a lost counter on the write-back quorum")
+        } else {
+            #expect(secondToken > firstToken)
+        }
+        await redlock.close()
+    }
+}
+
+/// A fencing node whose keys expire (on every node's clock) just before the first write-back.
+private final class ExpiringBeforeWriteBack: RedlockNode {
+    let inner: MockRedlockNode
+    let all: [MockRedlockNode]
+
+    init(_ inner: MockRedlockNode, all: [MockRedlockNode]) {
+        self.inner = inner
+        self.all = all
+    }
+
+    var name: String { inner.name }
+    var isConnected: Bool { inner.isConnected }
+
+    func acquire(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        inner.acquire(key: key, value: value, ttl: ttl, timeout: timeout, completion: completion)
+    }
+
+    func extend(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        inner.extend(key: key, value: value, ttl: ttl, timeout: timeout, completion: completion)
+    }
+
+    func release(
+        key: String, value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        inner.release(key: key, value: value, timeout: timeout, completion: completion)
+    }
+
+    func acquireFenced(
+        key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult, Int64) -> Void
+    ) {
+        inner.acquireFenced(
+            key: key, counterKey: counterKey, value: value, ttl: ttl, timeout: timeout, completion: completion
+        )
+    }
+
+    func raiseFence(
+        key: String, counterKey: String, value: String, token: Int64, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        if inner.value(of: key) == value { inner.clock.advance(by: .seconds(11)) }
+        inner.raiseFence(
+            key: key, counterKey: counterKey, value: value, token: token, timeout: timeout,
+            completion: completion)
+    }
+
+    func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void) { inner.observeConnection(handler) }
+
+    func close() async { await inner.close() }
+}
+
 /// Polls `condition` every 5 ms for up to 3 s.
 private func waitUntil(_ condition: @Sendable () -> Bool) async throws {
     let deadline = ContinuousClock.now + .seconds(3)

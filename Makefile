@@ -16,7 +16,7 @@ TSAN_SKIP    ?=
 # Where test runs keep their redis-server directories (pidfiles, logs); made fresh for each run.
 TMPROOT      ?= /tmp
 
-.PHONY: all deps build test test-only lint format tsan asan demo clean bench verify soak churn
+.PHONY: all deps build test test-only lint format tsan asan demo clean bench verify soak churn partition
 
 all: build
 
@@ -110,6 +110,12 @@ verify:
 	grep "assertion violated" bad.log; \
 	echo "   counterexample:"; spin -DNO_WRITE_BACK -t -p -g fencing.pml | grep -E "assert|counter\[|maxIssued|token =" | tail -12; \
 	echo "verify: 2 passed, 0 failed"
+
+## partition: each redis-server in a network namespace of its own, the redlock CLI as the client in
+## two more; partitions by taking links down (needs root and iproute2, else it skips); see .ci/partition
+partition: deps
+	$(SWIFT) build --product redlock
+	@REDLOCK="$$($(SWIFT) build --show-bin-path)/redlock" TMPROOT="$(TMPROOT)" .ci/partition
 
 clean:
 	rm -rf .build .build-tsan .build-asan

@@ -59,8 +59,6 @@ public final class Redlock: Sendable {
         /// ``Redlock/maxPendingReleasesPerNode`` per node.
         var releaseRetries: [[String: PendingRelease]]
         var nextRetryID: UInt64 = 0
-        /// The locks granted and not yet released, by value: ``Redlock/close()`` releases them.
-        var held: [String: (keys: [String], ttl: Duration)] = [:]
         /// The longest ttl this client has locked or renewed with (the default restart quarantine,
         /// and how long ``Redlock/unlock(_:value:)`` retries a value it does not know).
         var longestTTL: Duration = .zero
@@ -434,14 +432,9 @@ public final class Redlock: Sendable {
         // The nodes keep the key for whole milliseconds (PX), so the validity is counted from those.
         let validUntil = start + .milliseconds(ttl.wholeMilliseconds) - options.driftAllowance(for: ttl)
         if decided.decision == .succeeded && now < validUntil {
-            // Decided under the state lock, against close(): either close() sees this lock among
-            // the held ones and releases it, or this attempt sees the close and fails.
-            let granted = state.withLock { state -> Bool in
-                guard !state.closed else { return false }
-                state.held[value] = (keys, ttl)
-                return true
-            }
-            if granted {
+            // A grant that comes in while close() runs is not returned: it fails with `closed` and is
+            // released (close() waits for this attempt and its release).
+            if !isClosed {
                 let lock = Lock(
                     resources: keys, value: value, validity: validUntil - now, ttl: ttl,
                     validUntil: validUntil, attempts: attempt, nodes: tally.grantedIndices.map { names[$0] },
@@ -552,9 +545,6 @@ public final class Redlock: Sendable {
         let validUntil = start + .milliseconds(ttl.wholeMilliseconds) - options.driftAllowance(for: ttl)
         log(options, "renew", resource, attempt: 1, tally: tally, elapsed: now - start)
         if tally.decision == .succeeded && now < validUntil {
-            state.withLock { state in
-                if state.held[value] != nil { state.held[value] = (keys, ttl) }
-            }
             return Lock(
                 resources: keys, value: value, validity: validUntil - now, ttl: ttl, validUntil: validUntil,
                 attempts: 1, nodes: tally.grantedIndices.map { names[$0] }, fencingToken: fencingToken)
@@ -577,17 +567,18 @@ public final class Redlock: Sendable {
     /// Releases a lock, best effort, and returns at once (seed: `unlock`).
     ///
     /// A compare-and-delete goes to every node; nodes that fail are retried in the background (as soon
-    /// as they reconnect, else after a doubling delay) until the keys would have expired anyway: the
-    /// lock's ttl when this client granted it, else the longest ttl this client has used (at least
-    /// 60 s). Bad input is ignored (and logged at debug level): use ``release(_:)`` to learn the
-    /// outcome. For a multi-resource lock, use ``unlock(_:)-(Lock)``.
+    /// as they reconnect, else after a doubling delay) until the keys would have expired anyway: for
+    /// the longest ttl this client has locked or renewed with (at least 60 s), since the value's own
+    /// ttl is not known here; ``unlock(_:)-(Lock)`` uses the lock's. Bad input is ignored (and
+    /// logged at debug level): use ``release(_:)`` to learn the outcome. For a multi-resource lock,
+    /// use ``unlock(_:)-(Lock)``.
     public func unlock(_ resource: String, value: String) {
         let options = self.options
         guard !resource.isEmpty, !value.isEmpty, !isClosed else {
             options.logger.debug("unlock ignored: empty resource or value, or closed")
             return
         }
-        let known = state.withLock { state in state.held[value]?.ttl ?? max(state.longestTTL, .seconds(60)) }
+        let known = state.withLock { max($0.longestTTL, .seconds(60)) }
         releaseEverywhere([resource], value: value, until: .now + known, options: options)
     }
 
@@ -650,7 +641,6 @@ public final class Redlock: Sendable {
         _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions,
         on targets: [Bool]? = nil, waitingFor awaited: [Bool]? = nil
     ) async -> QuorumTally {
-        state.withLock { _ = $0.held.removeValue(forKey: value) }
         let timeout = options.nodeTimeout
         let delays = options.releaseRetryDelay
         let retryFailed: @Sendable (QuorumTally) -> Void = { [weak self] tally in
@@ -736,24 +726,20 @@ public final class Redlock: Sendable {
 
     // MARK: Close
 
-    /// Closes every node's connection (seed: `close`). First the locks this client holds are
-    /// released, and the attempts and releases under way (of failed attempts and of
-    /// ``unlock(_:value:)``) have up to ``closeGrace(_:)`` to finish: a lock granted while closing is
-    /// released, or its `lock` call fails with ``RedlockError/Kind/closed``. Later calls fail with
-    /// ``RedlockError/Kind/closed``; background release retries stop.
+    /// Closes every node's connection (seed: `close`), after the attempts and releases under way (of
+    /// failed attempts and of ``unlock(_:value:)``) have had up to ``closeGrace(_:)`` to finish: a
+    /// `lock` still in flight fails with ``RedlockError/Kind/closed`` and releases what it got. Locks
+    /// returned before `close()` stay held until their ttl (as `redlock lock` needs): release them
+    /// first. Later calls fail with ``RedlockError/Kind/closed``; background release retries stop.
     public func close() async {
-        let (alreadyClosed, held, options) = state.withLock { state in
+        let (alreadyClosed, options) = state.withLock { state in
             defer {
                 state.closed = true
-                state.held = [:]
                 state.releaseRetries = Array(repeating: [:], count: nodes.count)
             }
-            return (state.closed, state.held, state.options)
+            return (state.closed, state.options)
         }
         guard !alreadyClosed else { return }
-        for (value, lock) in held {
-            releaseEverywhere(lock.keys, value: value, until: .now + lock.ttl, options: options)
-        }
         let deadline = ContinuousClock.now + Self.closeGrace(options)
         while operationsInFlight.load(ordering: .acquiring) > 0 && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(2))

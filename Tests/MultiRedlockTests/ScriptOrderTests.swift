@@ -104,9 +104,10 @@ struct ScriptOrderTests {
     }
 
     /// One deadline per operation: a release whose EVALSHA is answered NOSCRIPT late (the server
-    /// sleeps 300 ms first) gets only what is left of its 500 ms for the EVAL, which the server
-    /// answers no sooner than 600 ms after the start (it sleeps 300 ms more in between): the release
-    /// times out. Before the fix the EVAL got a fresh 500 ms and the release succeeded after 600 ms.
+    /// sleeps 600 ms first) gets only what is left of its 1 s for the EVAL, which the server answers
+    /// no sooner than 1.2 s after the start (it sleeps 600 ms more in between): the release times
+    /// out, whatever the machine's load. Before the fix the EVAL got a fresh 1 s and the release
+    /// succeeded after 1.2 s (400 ms of margin on each side, as the machine is busy).
     /// The sleeps are DEBUG SLEEPs on the node's own connection, so the order is fixed: sleep and
     /// EVALSHA pipelined; then, from the first sleep's reply (which arrives before the NOSCRIPT and
     /// in the same server turn), the second sleep, which so goes out before the EVAL.
@@ -120,21 +121,21 @@ struct ScriptOrderTests {
         let connection = node.connection
         let start = ContinuousClock.now
         let answer: NodeResult = await withCheckedContinuation { continuation in
-            connection.send(["DEBUG", "SLEEP", "0.3"], timeout: .seconds(5)) { result in
+            connection.send(["DEBUG", "SLEEP", "0.6"], timeout: .seconds(5)) { result in
                 print("sleep 1 answered after \(ContinuousClock.now - start)")
                 sleeps.withLock { $0.append(result) }
-                connection.send(["DEBUG", "SLEEP", "0.3"], timeout: .seconds(5)) { result in
+                connection.send(["DEBUG", "SLEEP", "0.6"], timeout: .seconds(5)) { result in
                     print("sleep 2 answered after \(ContinuousClock.now - start)")
                     sleeps.withLock { $0.append(result) }
                 }
             }
-            node.release(key: "slow", value: "v", timeout: .milliseconds(500)) {
+            node.release(key: "slow", value: "v", timeout: .seconds(1)) {
                 print("release answered after \(ContinuousClock.now - start)")
                 continuation.resume(returning: $0)
             }
         }
         print("script order, deadline: release answered \(answer); sleeps \(sleeps.withLock { $0 })")
-        // The first sleep was answered (so the EVALSHA's NOSCRIPT came after 300 ms).
+        // The first sleep was answered (so the EVALSHA's NOSCRIPT came after 600 ms).
         #expect(sleeps.withLock { $0.first } == .success(.status("OK")))
         guard case .failed(let failure) = answer else {
             Issue.record("the release must time out, not \(answer)")

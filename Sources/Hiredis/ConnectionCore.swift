@@ -334,7 +334,11 @@ final class ConnectionCore: @unchecked Sendable {
         let initial = Double(options.reconnectInitialDelay.nanoseconds)
         let delay = min(
             Double(options.reconnectMaxDelay.nanoseconds), initial * pow(2, Double(min(failures - 1, 30))))
-        reconnectAt = DispatchTime.now().uptimeNanoseconds + UInt64(delay * Double.random(in: 0.5...1))
+        // Clamped: a delay of centuries must neither trap in UInt64() nor overflow the sum.
+        let jittered = delay * Double.random(in: 0.5...1)
+        let (sum, overflow) = DispatchTime.now().uptimeNanoseconds.addingReportingOverflow(
+            jittered < Double(UInt64.max) ? UInt64(jittered) : .max)
+        reconnectAt = overflow ? .max : sum
         arm(reconnectAt)
     }
 

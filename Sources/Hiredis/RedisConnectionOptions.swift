@@ -44,10 +44,11 @@ public enum RedisConnectionState: Sendable, Hashable {
 }
 
 extension Duration {
-    /// The duration in whole nanoseconds, clamped to `UInt64`.
+    /// The duration in whole nanoseconds, clamped to `UInt64` (a negative duration is 0).
     var nanoseconds: UInt64 {
         let (seconds, attoseconds) = components
-        if seconds < 0 { return 0 }
+        // Both components carry the sign: -1 ms is (0 s, -10^15 as), which must not reach UInt64().
+        if seconds < 0 || attoseconds < 0 { return 0 }
         let total = Double(seconds) * 1e9 + Double(attoseconds) / 1e9
         return total >= Double(UInt64.max) ? UInt64.max : UInt64(total)
     }

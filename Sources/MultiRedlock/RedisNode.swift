@@ -3,8 +3,9 @@ import Synchronization
 
 /// A Redis master reached through a ``RedisConnection``: the real ``RedlockNode``.
 ///
-/// Scripts are sent as EVALSHA; when the server answers NOSCRIPT (a restart or `SCRIPT FLUSH`
-/// emptied its cache) the same call is sent once more as EVAL, which also reloads the script.
+/// The acquire scripts are sent as EVAL; the compare-and-* scripts as EVALSHA, sent once more as
+/// EVAL when the server answers NOSCRIPT (a restart or `SCRIPT FLUSH` emptied its cache), within
+/// the same deadline (see `evaluate`).
 ///
 /// Restarts: when a reconnect finds that the server's `run_id` changed, the server is a new process
 /// that may have lost the locks it held (no persistence); ``timeSinceRestart`` says since when, and
@@ -163,20 +164,50 @@ public final class RedisNode: RedlockNode {
         }
     }
 
-    /// Sends `EVALSHA sha <tail>`; on NOSCRIPT, sends it once more as `EVAL source <tail>`, which also
-    /// loads the script into the server's cache.
+    /// Runs `script` with `tail` (numkeys, keys, arguments), within one deadline `timeout` from now.
+    ///
+    /// A script that sets keys (``Script/setsKeys``: the acquires) is always sent as
+    /// `EVAL source <tail>`. Its place among the connection's commands is then where it was sent:
+    /// with EVALSHA, its NOSCRIPT fallback would go out from the reply, behind commands queued in
+    /// the meantime; a release of the same attempt queued there would run first and delete
+    /// nothing, and the late EVAL would then set keys that stay for the whole ttl. EVAL costs only
+    /// the source's bytes: the server caches the compiled script by its SHA1.
+    ///
+    /// The compare-and-* scripts (release, extend, raiseFence, releaseAll, extendAll) are sent as
+    /// `EVALSHA sha1 <tail>` and, on NOSCRIPT, once more as EVAL (which also reloads the script).
+    /// Their fallback may land behind later commands, and that is harmless: each lock attempt has a
+    /// value of its own, and these scripts only touch keys that hold that value, which no other
+    /// attempt's or owner's command sets; so whatever else runs in between, each script does what it
+    /// would have done in order, on its own attempt's keys.
+    ///
+    /// The fallback gets only what is left of `timeout` (one deadline per operation); when nothing
+    /// is left, it fails as a timeout without being sent.
     private func evaluate(
         _ script: Script, _ tail: [String], timeout: Duration,
         _ completion: @escaping @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
     ) {
         let connection = connection
-        connection.send(RedisCommand(["EVALSHA", script.sha1] + tail), timeout: timeout) { result in
-            if case .success(.error(let message)) = result, message.hasPrefix("NOSCRIPT") {
-                connection.send(
-                    RedisCommand(["EVAL", script.source] + tail), timeout: timeout, completion: completion)
-            } else {
-                completion(result)
+        guard !script.setsKeys else {
+            connection.send(
+                Self.command("EVAL", script.source, tail), timeout: timeout, completion: completion)
+            return
+        }
+        let deadline = ContinuousClock.now + timeout
+        let server = server
+        connection.send(Self.command("EVALSHA", script.sha1, tail), timeout: timeout) { result in
+            guard case .success(.error(let message)) = result, message.hasPrefix("NOSCRIPT") else {
+                return completion(result)
             }
+            let left = deadline - .now
+            guard left > .zero else {
+                return completion(
+                    .failure(
+                        RedisConnectionError(
+                            .timeout, server: server.description,
+                            message: "no time left for EVAL after NOSCRIPT (timeout \(timeout))",
+                            outcomeUnknown: false)))
+            }
+            connection.send(Self.command("EVAL", script.source, tail), timeout: left, completion: completion)
         }
     }
 

@@ -175,14 +175,13 @@ public final class Redlock: Sendable {
 
     /// Sets how often `lock` retries and the longest random wait between attempts (seed:
     /// `setRetry(retries, retryWait)`). `retries` 0 disables retrying.
-    /// - Throws: ``RedlockError/Kind/invalidArgument`` for a negative count or wait.
+    /// - Throws: ``RedlockError/Kind/invalidArgument`` for a negative count or wait, more than
+    ///   ``RedlockOptions/maximumRetries`` (1,000,000) retries, or a wait over 100 years.
     public func setRetry(_ retries: Int, retryWait: Duration) throws(RedlockError) {
-        guard retries >= 0 else {
-            throw RedlockError(.invalidArgument, message: "retries must not be negative (got \(retries))")
-        }
-        guard retryWait >= .zero else {
-            throw RedlockError(.invalidArgument, message: "retryWait must not be negative (got \(retryWait))")
-        }
+        var changed = options
+        changed.retries = retries
+        changed.retryWait = retryWait
+        try changed.validate()
         state.withLock {
             $0.options.retries = retries
             $0.options.retryWait = retryWait
@@ -794,7 +793,7 @@ public final class Redlock: Sendable {
                 .invalidArgument, resource: resource, message: "ttl must be positive (got \(ttl))")
         }
         // Redis refuses PX values that overflow a 64-bit millisecond timestamp; stay far below.
-        guard ttl <= .seconds(100 * 365 * 24 * 3600) else {
+        guard ttl <= RedlockOptions.longestDuration else {
             throw RedlockError(
                 .invalidArgument, resource: resource, message: "ttl \(ttl) is longer than 100 years")
         }
@@ -1063,6 +1062,7 @@ extension Duration {
     var nanosecondsClamped: Int64 {
         let (seconds, attoseconds) = components
         let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        return overflow ? .max : product + attoseconds / 1_000_000_000
+        let (sum, sumOverflow) = product.addingReportingOverflow(attoseconds / 1_000_000_000)
+        return overflow || sumOverflow ? (seconds < 0 ? .min : .max) : sum
     }
 }

@@ -8,7 +8,7 @@ public struct RedlockOptions: Sendable {
     public var id: String
 
     /// The fixed part of the clock-drift allowance subtracted from every validity. The default is
-    /// 100 ms (the seed's `drift`).
+    /// 100 ms (the seed's `drift`). Zero to 100 years.
     public var drift: Duration
 
     /// The part of the drift allowance proportional to the ttl. The default is 0.01, so a 10 s lock
@@ -16,25 +16,27 @@ public struct RedlockOptions: Sendable {
     public var driftFactor: Double
 
     /// How many times `lock` retries after a failed attempt; 0 means one attempt only. The default
-    /// is 3 (the seed's), so four attempts in all.
+    /// is 3 (the seed's), so four attempts in all. At most ``maximumRetries`` (1,000,000); to keep
+    /// trying until some time has passed, use ``Redlock/lock(_:ttl:waitingUpTo:)``.
     public var retries: Int
 
     /// The longest wait between attempts; each wait is random in `0...retryWait` so that competing
-    /// clients do not retry in lock step. The default is 100 ms (the seed's).
+    /// clients do not retry in lock step. The default is 100 ms (the seed's). Zero to 100 years.
     public var retryWait: Duration
 
     /// How long one node may take to answer one command before it counts as failed (and its
     /// connection is replaced). A hung node delays a decision by at most this much. The default is
-    /// 100 ms; keep it small against the ttl.
+    /// 100 ms; keep it small against the ttl. Positive, at most 100 years.
     public var nodeTimeout: Duration
 
     /// Connect timeout and reconnect backoff of each node's connection. The defaults are
-    /// ``RedisConnectionOptions``'s (1 s to connect, reconnect after 25 ms doubling up to 2 s).
+    /// ``RedisConnectionOptions``'s (1 s to connect, reconnect after 25 ms doubling up to 2 s). Each of
+    /// its four durations must be positive and at most 100 years.
     public var connection: RedisConnectionOptions
 
     /// The longest time ``Redlock/withLock(_:ttl:_:)`` keeps renewing one lock. Past it, the lock is
     /// left to expire and the body is cancelled, so a stuck holder cannot keep a resource forever.
-    /// The default is 10 minutes.
+    /// The default is 10 minutes. Positive, at most 100 years.
     public var maxHold: Duration
 
     /// Issue a fencing token with every lock (``Lock/fencingToken``): a number that strictly increases
@@ -103,20 +105,57 @@ public struct RedlockOptions: Sendable {
         drift + ttl * driftFactor
     }
 
-    /// Checks the options themselves; ``Redlock`` refuses to lock with invalid ones.
+    /// The most retries ``retries`` and ``Redlock/setRetry(_:retryWait:)`` accept: 1,000,000. Larger
+    /// counts are refused with ``RedlockError/Kind/invalidArgument`` (they could only mean "retry
+    /// until some time has passed": use ``Redlock/lock(_:ttl:waitingUpTo:)`` for that).
+    public static let maximumRetries = 1_000_000
+
+    /// The longest duration any option (and any ttl) accepts: 100 years (365-day years). Longer ones
+    /// are refused with ``RedlockError/Kind/invalidArgument``, so no deadline arithmetic can overflow.
+    public static let longestDuration: Duration = .seconds(100 * 365 * 24 * 3600)
+
+    /// Checks the options themselves; ``Redlock`` refuses to lock with invalid ones. Every count and
+    /// duration is bounded on both sides (see ``maximumRetries`` and ``longestDuration``).
     func validate() throws(RedlockError) {
         func invalid(_ message: String) -> RedlockError { RedlockError(.invalidArgument, message: message) }
+        /// A duration in `0...longestDuration` (or `> 0` when `positive`).
+        func check(_ value: Duration, _ name: String, positive: Bool) throws(RedlockError) {
+            if positive && value <= .zero { throw invalid("\(name) must be positive (got \(value))") }
+            if value < .zero { throw invalid("\(name) must not be negative (got \(value))") }
+            if value > Self.longestDuration {
+                throw invalid("\(name) must be at most 100 years (got \(value))")
+            }
+        }
         if id.isEmpty { throw invalid("options.id must not be empty") }
-        if drift < .zero { throw invalid("options.drift must not be negative (got \(drift))") }
+        try check(drift, "options.drift", positive: false)
         if !(driftFactor >= 0 && driftFactor < 1) {
             throw invalid("options.driftFactor must be in 0..<1 (got \(driftFactor))")
         }
-        if retries < 0 { throw invalid("retries must not be negative (got \(retries))") }
-        if retryWait < .zero { throw invalid("retryWait must not be negative (got \(retryWait))") }
-        if maxHold <= .zero { throw invalid("options.maxHold must be positive (got \(maxHold))") }
-        if nodeTimeout <= .zero { throw invalid("options.nodeTimeout must be positive (got \(nodeTimeout))") }
-        if case .fixed(let duration) = restartQuarantine, duration < .zero {
-            throw invalid("options.restartQuarantine must not be negative (got \(duration))")
+        try Self.checkRetries(retries)
+        try check(retryWait, "retryWait", positive: false)
+        try check(maxHold, "options.maxHold", positive: true)
+        try check(nodeTimeout, "options.nodeTimeout", positive: true)
+        try check(connection.connectTimeout, "options.connection.connectTimeout", positive: true)
+        try check(connection.commandTimeout, "options.connection.commandTimeout", positive: true)
+        try check(
+            connection.reconnectInitialDelay, "options.connection.reconnectInitialDelay", positive: true)
+        try check(connection.reconnectMaxDelay, "options.connection.reconnectMaxDelay", positive: true)
+        if case .fixed(let duration) = restartQuarantine {
+            try check(duration, "options.restartQuarantine", positive: false)
+        }
+    }
+
+    /// `retries` in `0...maximumRetries`.
+    static func checkRetries(_ retries: Int) throws(RedlockError) {
+        guard retries >= 0 else {
+            throw RedlockError(.invalidArgument, message: "retries must not be negative (got \(retries))")
+        }
+        guard retries <= maximumRetries else {
+            throw RedlockError(
+                .invalidArgument,
+                message:
+                    "retries must be at most \(maximumRetries) (got \(retries)); to keep trying for a while, "
+                    + "use lock(_:ttl:waitingUpTo:)")
         }
     }
 }

@@ -1,6 +1,7 @@
 /// The Lua scripts Redlock runs, and their SHA1 digests for EVALSHA.
 ///
-/// The digests are checked against a real server's `SCRIPT LOAD` in the tests.
+/// The digests are checked against a real server's `SCRIPT LOAD` in the tests. The scripts that set
+/// keys (``acquireAll``, ``acquireFenced``) are always sent as EVAL (see `RedisNode.evaluate`).
 enum Scripts {
     /// Compare-and-delete: never touches another owner's lock.
     static let release = Script(
@@ -19,6 +20,9 @@ enum Scripts {
 struct Script: Sendable {
     let source: String
     let sha1: String
+    /// Whether the script may set a key that was absent (an acquire): such a script is always sent
+    /// as `EVAL source …`, never as EVALSHA with a fallback that could land after later commands.
+    var setsKeys = false
 }
 
 extension Scripts {
@@ -26,7 +30,7 @@ extension Scripts {
     static let acquireAll = Script(
         source:
             #"for _, key in ipairs(KEYS) do if redis.call("exists", key) == 1 then return 0 end end for _, key in ipairs(KEYS) do redis.call("set", key, ARGV[1], "PX", ARGV[2]) end return 1"#,
-        sha1: "dc4d7c29de229e329ab4e4455922fc17df149110")
+        sha1: "dc4d7c29de229e329ab4e4455922fc17df149110", setsKeys: true)
 
     /// Multi-resource extend: only when every key still holds this lock's value, and then all of them.
     static let extendAll = Script(
@@ -45,7 +49,7 @@ extension Scripts {
     static let acquireFenced = Script(
         source:
             #"if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then return tonumber(redis.call("get", KEYS[2]) or "0") end return -1"#,
-        sha1: "c2a30a0ca858ee44d0369a7efc3250212a162326")
+        sha1: "c2a30a0ca858ee44d0369a7efc3250212a162326", setsKeys: true)
 
     /// Fencing write-back: raise the counter to the token, never lower it, and only while this node
     /// still holds this lock's value (answers 1), else 0.

@@ -32,7 +32,7 @@ public struct RedlockOptions: Sendable {
     /// ``RedisConnectionOptions``'s (1 s to connect, reconnect after 25 ms doubling up to 2 s).
     public var connection: RedisConnectionOptions
 
-    /// The longest time ``Redlock/withLock(_:ttl:_:)`` keeps renewing one lock. Past it, the lock is
+    /// The longest time ``Redlock/withLock(_:ttl:_:)-(String,_,_)`` keeps renewing one lock. Past it, the lock is
     /// left to expire and the body is cancelled, so a stuck holder cannot keep a resource forever.
     /// The default is 10 minutes.
     public var maxHold: Duration

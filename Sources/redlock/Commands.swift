@@ -46,7 +46,7 @@ struct RedlockCommand: AsyncParsableCommand {
 
             \(completionNote)
             """,
-        version: MultiRedlockVersion.current,
+        version: RedlockVersion.current,
         subcommands: [Acquire.self, Renew.self, Release.self, Run.self]
     )
 

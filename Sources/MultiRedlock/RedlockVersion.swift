@@ -1,6 +1,8 @@
 /// The version of this package: the one place it is written. The `redlock` tool's `--version`
 /// prints it, and CHANGELOG.md has an entry for it.
-public enum MultiRedlockVersion {
+// Not `MultiRedlockVersion`: the symbol graph (and so DocC) leaves out a type whose name begins
+// with the module's name.
+public enum RedlockVersion {
     /// The release, as `MAJOR.MINOR.PATCH` (semantic versioning).
     public static let current = "1.0.0"
 }

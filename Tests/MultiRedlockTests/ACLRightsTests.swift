@@ -1,3 +1,4 @@
+import Foundation
 import LocalRedis
 import MultiRedlock
 import Testing
@@ -42,6 +43,22 @@ struct ACLRightsTests {
     static func denials(_ server: RedisServerProcess) async throws -> [String] {
         let lines = try await server.cli("ACL", "LOG").split(separator: "\n").map(String.init)
         return zip(lines, lines.dropFirst()).filter { $0.0 == "object" }.map(\.1)
+    }
+
+    /// README.md and the DocC article give the same rule as this test checks.
+    @Test(arguments: ["README.md", "Sources/MultiRedlock/MultiRedlock.docc/OperatingIt.md"])
+    func theDocumentedRuleIsTheTestedOne(file: String) throws {
+        // <package>/Tests/MultiRedlockTests/this file → <package>
+        let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let text = try String(contentsOf: package.appendingPathComponent(file), encoding: .utf8)
+        let line = try #require(
+            text.split(separator: "\n").first { $0.hasPrefix("ACL SETUSER locker on >") },
+            "no ACL line in \(file)")
+        // Everything after the password must be the tested rule's.
+        let documented = line.split(separator: " ").dropFirst(5).joined(separator: " ")
+        let tested = Self.rule().split(separator: " ").dropFirst(4).joined(separator: " ")
+        #expect(documented == tested, "\(file) documents \(documented)")
     }
 
     @Test func aUserWithExactlyTheDocumentedRightsLocksRenewsReleasesAndFences() async throws {

@@ -2,7 +2,7 @@
 /// prints it, and CHANGELOG.md has an entry for it.
 // Not `MultiRedlockVersion`: the symbol graph (and so DocC) leaves out a type whose name begins
 // with the module's name.
-public enum RedlockVersion {
+public enum RedlockVersion: Sendable {
     /// The release, as `MAJOR.MINOR.PATCH` (semantic versioning).
     public static let current = "1.0.0"
 }

@@ -1,9 +1,10 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// Linux only: the socket watcher (Sources/Hiredis/SocketWatcher.swift) is built on epoll(7), which
+// the CEpoll module maps; no Apple platform is claimed, because none builds or is tested.
 let package = Package(
     name: "multiredlock",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "MultiRedlock", targets: ["MultiRedlock"]),
         .library(name: "MultiRedlockTesting", targets: ["MultiRedlockTesting"]),
@@ -14,8 +15,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.7.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // Layer 1: Debian's libhiredis-dev (0.14.1), mapped as a system library.

@@ -19,6 +19,8 @@ public final class RedisNode: RedlockNode {
 
     /// Connects to `server` (without waiting for it).
     /// - Parameters:
+    ///   - server: the Redis server's address and credentials.
+    ///   - options: connect timeout and reconnect backoff.
     ///   - queue: the serial queue the connection runs on (see ``RedisConnection``); `Redlock` gives
     ///     all its nodes one. The default is a queue of its own.
     /// - Throws: ``RedisConnectionError`` when the address is invalid.

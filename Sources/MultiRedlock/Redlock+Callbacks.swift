@@ -1,7 +1,7 @@
 /// Completion-handler forms of the lock calls, for callers that are not async (the seed's
 /// `lock(resource, ttl, cb)` and `renew(resource, value, ttl, cb)`).
 extension Redlock {
-    /// Acquires a lock as ``lock(_:ttl:)`` does; `completion` runs once, on an arbitrary thread.
+    /// Acquires a lock as ``lock(_:ttl:)-(String,_)`` does; `completion` runs once, on an arbitrary thread.
     public func lock(
         _ resource: String, ttl: Duration,
         completion: @escaping @Sendable (Result<Lock, RedlockError>) -> Void

@@ -1,4 +1,4 @@
-/// A lock held by ``Redlock/withLock(_:ttl:_:)``: renewed in the background while the body runs.
+/// A lock held by ``Redlock/withLock(_:ttl:_:)-(String,_,_)``: renewed in the background while the body runs.
 public final class HeldLock: Sendable {
     private let state: Locked<(lock: Lock, lost: RedlockError?)>
 
@@ -50,7 +50,7 @@ extension Redlock {
     ///     }
     /// }
     /// ```
-    /// - Throws: what ``lock(_:ttl:)`` throws when the lock is not acquired; ``RedlockError/Kind/lost``
+    /// - Throws: what ``lock(_:ttl:)-(String,_)`` throws when the lock is not acquired; ``RedlockError/Kind/lost``
     ///   when it was lost while the body ran; otherwise whatever the body throws.
     public func withLock<T: Sendable>(
         _ resource: String, ttl: Duration, _ body: @escaping @Sendable (HeldLock) async throws -> T

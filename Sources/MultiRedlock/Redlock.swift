@@ -264,7 +264,7 @@ public final class Redlock: Sendable {
 
     /// Locks several resources at once: on each node all keys are set or none (one Lua script),
     /// and the quorum counts the nodes that granted all of them. Renew and release cover all keys.
-    /// - Throws: as ``lock(_:ttl:)``; ``RedlockError/Kind/invalidArgument`` for an empty list, an
+    /// - Throws: as ``lock(_:ttl:)-(String,_)``; ``RedlockError/Kind/invalidArgument`` for an empty list, an
     ///   empty name or a name given twice.
     public func lock(_ resources: [String], ttl: Duration) async throws -> Lock {
         let options = try prepare(resources, ttl: ttl)
@@ -273,7 +273,7 @@ public final class Redlock: Sendable {
 
     /// Makes one attempt to lock `resource`, without retrying: the lock, or the reason it was not
     /// granted (``RedlockError/Kind/taken`` when someone else holds it).
-    /// - Throws: as ``lock(_:ttl:)``.
+    /// - Throws: as ``lock(_:ttl:)-(String,_)``.
     public func tryLock(_ resource: String, ttl: Duration) async throws -> Lock {
         let options = try prepare([resource], ttl: ttl)
         return try await acquire([resource], ttl: ttl, options: options, until: .attempts(1))
@@ -283,7 +283,7 @@ public final class Redlock: Sendable {
     /// has passed (instead of a number of retries). It fails no sooner than `timeout`: a wait that
     /// would end past the deadline is cut short, and one last attempt starts once it is reached, so
     /// a failure comes at most one release and one attempt (each bounded by `nodeTimeout`) after it.
-    /// - Throws: as ``lock(_:ttl:)``; the error of the last attempt when the time is up.
+    /// - Throws: as ``lock(_:ttl:)-(String,_)``; the error of the last attempt when the time is up.
     public func lock(_ resource: String, ttl: Duration, waitingUpTo timeout: Duration) async throws -> Lock {
         let options = try prepare([resource], ttl: ttl)
         guard timeout >= .zero else {

@@ -17,7 +17,7 @@ public struct RedlockError: Error, Sendable, Hashable, CustomStringConvertible {
         case invalidArgument
         /// The ``Redlock`` was closed.
         case closed
-        /// A lock held by ``Redlock/withLock(_:ttl:_:)`` was lost: renewing failed until its validity
+        /// A lock held by ``Redlock/withLock(_:ttl:_:)-(String,_,_)`` was lost: renewing failed until its validity
         /// ran out, a quorum said it was no longer held, or the maximum hold time was reached.
         case lost
     }

@@ -34,7 +34,7 @@ public struct RedlockOptions: Sendable {
     /// its four durations must be positive and at most 100 years.
     public var connection: RedisConnectionOptions
 
-    /// The longest time ``Redlock/withLock(_:ttl:_:)`` keeps renewing one lock. Past it, the lock is
+    /// The longest time ``Redlock/withLock(_:ttl:_:)-(String,_,_)`` keeps renewing one lock. Past it, the lock is
     /// left to expire and the body is cancelled, so a stuck holder cannot keep a resource forever.
     /// The default is 10 minutes. Positive, at most 100 years.
     public var maxHold: Duration

@@ -2,6 +2,12 @@ import ArgumentParser
 import JSONText
 import MultiRedlock
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 struct RedlockCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redlock",
@@ -16,7 +22,7 @@ struct RedlockCommand: AsyncParsableCommand {
             A lock is held when a majority (N/2+1) of the servers agreed. It is valid for the ttl minus \
             the time the servers took minus the drift allowance (--drift + 1% of the ttl). Standard \
             output carries JSON lines only, such as
-              {"resource": "nightly", "value": "web1_1732…_9f2c…", "validity_ms": 9797, …}
+              {"resource": "nightly", "value": "web1_1732...", "validity_ms": 9797, ...}
             and everything else goes to standard error.
 
             A password comes from the address (redis://:PASSWORD@host) or from $REDLOCK_PASSWORD, \
@@ -35,7 +41,12 @@ struct RedlockCommand: AsyncParsableCommand {
               126    run: COMMAND cannot be run (not executable)
               127    run: COMMAND was not found
               128+N  run: COMMAND was killed by signal N, or redlock got signal N first
+
+            \(EnvironmentOptions.helpSection)
+
+            \(completionNote)
             """,
+        version: RedlockVersion.current,
         subcommands: [Acquire.self, Renew.self, Release.self, Run.self]
     )
 
@@ -161,8 +172,8 @@ struct Run: AsyncParsableCommand {
             Acquires the lock, starts COMMAND with REDLOCK_RESOURCE and REDLOCK_VALUE in its environment, \
             renews the lock every third of the ttl while COMMAND runs, releases it when COMMAND exits and \
             exits with COMMAND's status (128+N when a signal N killed it). If renewing fails until the \
-            validity runs out, or the servers say the lock is no longer held, COMMAND gets SIGTERM (SIGKILL \
-            2 s later) and redlock exits 124. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND, and the \
+            validity runs out, or the servers say the lock is no longer held, COMMAND gets SIGTERM (or \
+            --signal), SIGKILL --kill-after later (2s), and redlock exits 124. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND, and the \
             lock is released once it exits. Nothing is printed on standard output but COMMAND's own.
 
             \(optionsNote)
@@ -177,19 +188,51 @@ struct Run: AsyncParsableCommand {
     @Argument(parsing: .postTerminator, help: "The command to run, after --, and its arguments.")
     var command: [String] = []
 
+    @Option(
+        help: ArgumentHelp(
+            "The signal COMMAND gets when the lock is lost: a name (TERM, INT, HUP, USR1, ...) or a number."
+                + " (env: REDLOCK_SIGNAL; default: TERM)",
+            valueName: "signal"),
+        transform: SignalParsing.option)
+    var signal: Int32?
+
+    @Option(
+        name: .customLong("kill-after"),
+        help: ArgumentHelp(
+            "How long COMMAND may run on after that signal before it gets SIGKILL."
+                + " (env: REDLOCK_KILL_AFTER; default: 2s)",
+            valueName: "duration"),
+        transform: DurationParsing.option)
+    var killAfter: Int?
+
     func validate() throws {
         guard !command.isEmpty else {
             throw ValidationError(
                 "missing COMMAND: write it after --, as in `redlock run \(resource) -- make`")
         }
+        _ = try termination(environment: Environment.current)
+    }
+
+    /// The signal for COMMAND when the lock is lost, and how long until SIGKILL: the options, else
+    /// $REDLOCK_SIGNAL and $REDLOCK_KILL_AFTER, else SIGTERM and 2 s.
+    func termination(environment: [String: String]) throws -> (signal: Int32, killAfter: Duration) {
+        let signal = try EnvironmentOptions.signal(self.signal, EnvironmentOptions.signal, in: environment)
+        let killAfter = try EnvironmentOptions.duration(
+            self.killAfter, EnvironmentOptions.killAfter, in: environment)
+        if let killAfter, killAfter > 315_360_000_000 {
+            throw ValidationError("--kill-after \(killAfter) is too large (at most 315360000000 ms)")
+        }
+        return (signal ?? SIGTERM, killAfter.map { .milliseconds($0) } ?? Supervisor.killGrace)
     }
 
     func run() async throws {
         let settings = try options.resolve(environment: Environment.current)
+        let termination = try termination(environment: Environment.current)
         let inherited = Child.openDescriptors()
         let status = try await Session.with(settings) { session in
             try await Supervisor(
-                session: session, resource: resource, command: command, inheritedDescriptors: inherited
+                session: session, resource: resource, command: command, inheritedDescriptors: inherited,
+                lossSignal: termination.signal, killAfter: termination.killAfter
             ).run()
         }
         throw ToolExit(status)
@@ -198,7 +241,13 @@ struct Run: AsyncParsableCommand {
 
 private let optionsNote = """
     The options (--servers, --ttl, --retries, --retry-wait, --drift, --node-timeout, --id, --wait, \
-    --verbose) go before or after the subcommand; `redlock --help` describes them and the exit statuses.
+    --verbose, --fencing) go before or after the subcommand; each has a REDLOCK_* environment variable. \
+    Durations: \(DurationParsing.helpNote). `redlock --help` describes them and the exit statuses.
+    """
+
+private let completionNote = """
+    SHELL COMPLETION (bash, zsh or fish), e.g. for bash:
+      redlock --generate-completion-script bash >/etc/bash_completion.d/redlock
     """
 
 extension Session {

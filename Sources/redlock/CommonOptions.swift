@@ -10,54 +10,67 @@ struct CommonOptions: ParsableArguments {
         name: .long,
         help: ArgumentHelp(
             "Comma-separated Redis masters: host, host:port, [::1]:port, redis://[user:password@]host[:port][/db],"
-                + " unix:/path/to.sock. (default: $REDLOCK_SERVERS, else 127.0.0.1:6379)",
+                + " unix:/path/to.sock. (env: REDLOCK_SERVERS; default: 127.0.0.1:6379)",
             valueName: "list"))
     var servers: String?
 
-    @Option(help: ArgumentHelp("How long the servers keep the lock, in milliseconds.", valueName: "ms"))
-    var ttl: Int = 10_000
+    @Option(
+        help: ArgumentHelp(
+            "How long the servers keep the lock. (env: REDLOCK_TTL; default: 10s)", valueName: "duration"),
+        transform: DurationParsing.option)
+    var ttl: Int?
 
-    @Option(help: ArgumentHelp("Retries after a failed attempt (0: one attempt only). (default: 3)"))
+    @Option(
+        help: ArgumentHelp(
+            "Retries after a failed attempt (0: one attempt only). (env: REDLOCK_RETRIES; default: 3)"))
     var retries: Int?
 
     @Option(
         name: .customLong("retry-wait"),
         help: ArgumentHelp(
-            "Longest wait between attempts, in milliseconds; each wait is random in 0...ms. (default: 100)",
-            valueName: "ms"))
+            "Longest wait between attempts; each wait is random in 0...duration."
+                + " (env: REDLOCK_RETRY_WAIT; default: 100ms)",
+            valueName: "duration"),
+        transform: DurationParsing.option)
     var retryWait: Int?
 
     @Option(
         help: ArgumentHelp(
-            "Clock-drift allowance subtracted from the validity, in milliseconds (plus 1% of the ttl)."
-                + " (default: 100)",
-            valueName: "ms"))
+            "Clock-drift allowance subtracted from the validity (plus 1% of the ttl)."
+                + " (env: REDLOCK_DRIFT; default: 100ms)",
+            valueName: "duration"),
+        transform: DurationParsing.option)
     var drift: Int?
 
     @Option(
         name: .customLong("node-timeout"),
         help: ArgumentHelp(
-            "How long one server may take to answer, in milliseconds. (default: 100)", valueName: "ms"))
+            "How long one server may take to answer. (env: REDLOCK_NODE_TIMEOUT; default: 100ms)",
+            valueName: "duration"),
+        transform: DurationParsing.option)
     var nodeTimeout: Int?
 
     @Option(
         help: ArgumentHelp(
-            "Identifies this client in lock values (<id>_<ms since epoch>_<32 hex>). (default: the host name)"
-        ))
+            "Identifies this client in lock values (<id>_<ms since epoch>_<32 hex>)."
+                + " (env: REDLOCK_ID; default: the host name)"))
     var id: String?
 
     @Option(
         help: ArgumentHelp(
-            "Keep retrying until this many milliseconds have passed, instead of --retries.", valueName: "ms"))
+            "Keep retrying until this much time has passed, instead of --retries. (env: REDLOCK_WAIT)",
+            valueName: "duration"),
+        transform: DurationParsing.option)
     var wait: Int?
 
-    @Flag(help: "Report each attempt (and each renewal) on standard error.")
+    @Flag(help: "Report each attempt (and each renewal) on standard error. (env: REDLOCK_VERBOSE)")
     var verbose = false
 
     @Flag(
         help: ArgumentHelp(
             "Issue a fencing token with the lock: \"fencing_token\" in the JSON, $REDLOCK_FENCING_TOKEN"
-                + " for run's COMMAND. Strictly increases with each grant of the resource."))
+                + " for run's COMMAND. Strictly increases with each grant of the resource. (env: REDLOCK_FENCING)"
+        ))
     var fencing = false
 
     func validate() throws {
@@ -67,6 +80,21 @@ struct CommonOptions: ParsableArguments {
     /// The options checked and turned into what the tool works with.
     /// - Throws: `ValidationError` naming the problem.
     func resolve(environment: [String: String]) throws -> Settings {
+        // The command line, else the REDLOCK_* variable, else the default (EnvironmentOptions).
+        typealias Variable = EnvironmentOptions
+        let ttl = try Variable.duration(self.ttl, Variable.ttl, in: environment) ?? 10_000
+        var retries = self.retries
+        var wait = self.wait
+        if retries == nil && wait == nil {
+            retries = try Variable.count(nil, Variable.retries, in: environment)
+            wait = try Variable.duration(nil, Variable.wait, in: environment)
+        }
+        let retryWait = try Variable.duration(self.retryWait, Variable.retryWait, in: environment)
+        let drift = try Variable.duration(self.drift, Variable.drift, in: environment)
+        let nodeTimeout = try Variable.duration(self.nodeTimeout, Variable.nodeTimeout, in: environment)
+        let id = Variable.string(self.id, Variable.id, in: environment)
+        let verbose = try Variable.flag(self.verbose, Variable.verbose, in: environment)
+        let fencing = try Variable.flag(self.fencing, Variable.fencing, in: environment)
         func positive(_ value: Int?, _ name: String, allowZero: Bool) throws {
             guard let value else { return }
             if value < 0 || (!allowZero && value == 0) {
@@ -81,7 +109,9 @@ struct CommonOptions: ParsableArguments {
         try positive(nodeTimeout, "--node-timeout", allowZero: false)
         try positive(wait, "--wait", allowZero: true)
         if retries != nil && wait != nil {
-            throw ValidationError("--retries and --wait exclude each other: give one of them")
+            throw ValidationError(
+                "--retries and --wait exclude each other: give one of them (or one of $REDLOCK_RETRIES and"
+                    + " $REDLOCK_WAIT)")
         }
         if let id, id.isEmpty || id.contains(where: { $0.isWhitespace }) {
             throw ValidationError("--id must be non-empty, without whitespace (got \(JSON.quoted(id)))")
@@ -108,18 +138,18 @@ struct CommonOptions: ParsableArguments {
         if let drift { options.drift = .milliseconds(drift) }
         if let nodeTimeout { options.nodeTimeout = .milliseconds(nodeTimeout) }
         options.fencingTokens = fencing
-        let ttl = Duration.milliseconds(ttl)
-        let allowance = options.driftAllowance(for: ttl)
-        guard ttl > allowance else {
+        let ttlDuration = Duration.milliseconds(ttl)
+        let allowance = options.driftAllowance(for: ttlDuration)
+        guard ttlDuration > allowance else {
             throw ValidationError(
-                "--ttl \(self.ttl) ms must be greater than the drift allowance \(allowance.millisecondsText)"
+                "--ttl \(ttl) ms must be greater than the drift allowance \(allowance.millisecondsText)"
                     + " (--drift \(options.drift.millisecondsText) + 1% of the ttl): no validity would be left"
             )
         }
         let servers = try ServerList.parse(
             option: self.servers, environment: environment)
         return Settings(
-            servers: servers, options: options, ttl: ttl, wait: wait.map { .milliseconds($0) },
+            servers: servers, options: options, ttl: ttlDuration, wait: wait.map { .milliseconds($0) },
             verbose: verbose)
     }
 }

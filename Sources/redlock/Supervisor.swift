@@ -21,6 +21,10 @@ struct Supervisor {
     let command: [String]
     /// The descriptors the tool was started with: COMMAND inherits those and no others.
     let inheritedDescriptors: Set<Int32>
+    /// What COMMAND gets when the lock is lost (`run --signal`).
+    var lossSignal: Int32 = SIGTERM
+    /// How long COMMAND may run on after `lossSignal` before SIGKILL (`run --kill-after`).
+    var killAfter: Duration = Self.killGrace
 
     private enum Event: Sendable {
         case exited(Int32)
@@ -83,11 +87,11 @@ struct Supervisor {
         }
         func lose(_ reason: String) {
             state.lost = true
-            state.killAt = .now + Self.killGrace
+            state.killAt = .now + killAfter
             Output.stderr(
-                "lost the lock on \(JSON.quoted(resource)): \(reason); sending SIGTERM to"
-                    + " \(JSON.quoted(command[0])) (pid \(child.pid))")
-            child.send(SIGTERM)
+                "lost the lock on \(JSON.quoted(resource)): \(reason); sending \(SignalParsing.name(of: lossSignal))"
+                    + " to \(JSON.quoted(command[0])) (pid \(child.pid))")
+            child.send(lossSignal)
         }
 
         schedule()
@@ -113,7 +117,8 @@ struct Supervisor {
                 } else if state.lost, let killAt = state.killAt, now >= killAt {
                     Output.stderr(
                         "\(JSON.quoted(command[0])) (pid \(child.pid)) still runs"
-                            + " \(Self.killGrace.millisecondsText) after SIGTERM: sending SIGKILL")
+                            + " \(killAfter.millisecondsText) after \(SignalParsing.name(of: lossSignal)):"
+                            + " sending SIGKILL")
                     child.send(SIGKILL)
                     state.killAt = nil
                 } else if !state.lost && !state.renewing && now >= state.nextRenew {

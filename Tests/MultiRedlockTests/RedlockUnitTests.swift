@@ -611,7 +611,7 @@ struct RedlockUnitTests {
         let nodes = makeNodes(3)
         nodes[1].isHung = true
         nodes[2].isHung = true
-        let timeout = Duration.milliseconds(500)
+        let timeout = Duration.seconds(2)
         let redlock = try Redlock(
             nodes: nodes,
             options: testOptions(retries: retries, retryWait: .milliseconds(1), nodeTimeout: timeout))
@@ -625,10 +625,11 @@ struct RedlockUnitTests {
         #expect(error.kind == .quorumUnavailable)
         #expect(error.attempts == retries + 1)
         #expect(elapsed >= timeout * (retries + 1), "took \(elapsed)")
-        // About the node timeout: less than 1.8 node timeouts per attempt (mock nodes do no I/O; the
-        // 400 ms per attempt is for a loaded machine). Waiting twice the node timeout, or for the hung
-        // nodes' release between attempts, fails this; the lower bound above is exact.
-        #expect(elapsed < (timeout + .milliseconds(400)) * (retries + 1), "took \(elapsed)")
+        // About the node timeout: less than twice the node timeout per attempt. Waiting twice the node
+        // timeout (or for the hung nodes' release between attempts as well) fails this; the other
+        // node timeout per attempt is for `make test`, where other suites can keep the cooperative
+        // pool busy for seconds (2.4 s seen for one 500 ms attempt). The lower bound above is exact.
+        #expect(elapsed < timeout * 2 * (retries + 1), "took \(elapsed)")
         let value = acquiredValues(nodes[0], "r").first
         let released = await pollUntil { allAttemptsReleased(nodes, "r", value ?? "") }
         #expect(released, "a release on every node, the hung ones too")

@@ -221,7 +221,7 @@ struct ScopedLockTests {
         let redlock = try await Self.redlock(group)
         let resource = RedlockIntegrationTests.uniqueResource()
         let error = try await #require(throws: RedlockError.self) {
-            try await redlock.withLock(resource, ttl: .seconds(1)) { held in
+            try await redlock.withLock(resource, ttl: .seconds(3)) { held in
                 // Deleted on a majority: the next renewal is refused.
                 for server in group.servers.prefix(2) { try await server.cli("DEL", resource) }
                 let deadline = ContinuousClock.now + .seconds(10)

@@ -40,19 +40,21 @@ struct WithLockMockTests {
         let nodes = realTimeNodes(3)
         let redlock = try Redlock(nodes: nodes, options: options())
         let seen = Mutex<[String]>([])
-        let result = try await redlock.withLock("r", ttl: .milliseconds(300)) { held in
-            // Three ttls long: without renewals the keys would expire under the body.
-            for _ in 0..<9 {
-                try await Task.sleep(for: .milliseconds(100))
+        // A ttl of 3 s: under `make test` other suites can keep the cooperative pool busy for seconds,
+        // and a renewal that comes too late fails the test for the wrong reason.
+        let result = try await redlock.withLock("r", ttl: .seconds(3)) { held in
+            // 1.5 ttls long: without renewals the keys would expire under the body.
+            for _ in 0..<3 {
+                try await Task.sleep(for: .milliseconds(1500))
                 let values = nodes.map { $0.value(of: "r") }
                 seen.withLock { $0.append(values.allSatisfy { $0 == held.value } ? "held" : "\(values)") }
                 #expect(held.isValid)
             }
             return held.value
         }
-        #expect(seen.withLock { $0 } == Array(repeating: "held", count: 9))
+        #expect(seen.withLock { $0 } == Array(repeating: "held", count: 3))
         for node in nodes {
-            #expect(node.calls.count { $0.isExtend && $0.key == "r" } >= 2, "\(node.name): \(node.calls)")
+            #expect(node.calls.count { $0.isExtend && $0.key == "r" } >= 1, "\(node.name): \(node.calls)")
             #expect(node.calls.contains(.release(key: "r", value: result)), "\(node.name)")
             #expect(node.value(of: "r") == nil)
         }
@@ -63,10 +65,10 @@ struct WithLockMockTests {
         let nodes = realTimeNodes(3)
         let redlock = try Redlock(nodes: nodes, options: options())
         let keys = ["a", "b", "c"]
-        let value = try await redlock.withLock(keys, ttl: .milliseconds(300)) { held in
+        let value = try await redlock.withLock(keys, ttl: .seconds(3)) { held in
             #expect(held.lock.resources == keys)
-            for _ in 0..<6 {
-                try await Task.sleep(for: .milliseconds(100))
+            for _ in 0..<3 {
+                try await Task.sleep(for: .milliseconds(1500))
                 for node in nodes {
                     #expect(keys.allSatisfy { node.value(of: $0) == held.value }, "\(node.name)")
                 }
@@ -131,7 +133,7 @@ struct WithLockMockTests {
         let bodyCancelled = Atomic<Bool>(false)
         let start = ContinuousClock.now
         let error = try await #require(throws: RedlockError.self) {
-            try await redlock.withLock("r", ttl: .milliseconds(400)) { held in
+            try await redlock.withLock("r", ttl: .seconds(1)) { held in
                 // A majority goes away: no renewal can succeed.
                 nodes[1].isDown = true
                 nodes[2].isDown = true
@@ -147,8 +149,8 @@ struct WithLockMockTests {
         #expect(error.kind == .lost, "\(error)")
         let wasCancelled = bodyCancelled.load(ordering: .sequentiallyConsistent)
         #expect(wasCancelled)
-        // Cancelled once the validity (400 ms − drift) ran out, not after the body's 10 s.
-        #expect(ContinuousClock.now - start < .seconds(3))
+        // Cancelled once the validity (1 s − drift) ran out, not after the body's 10 s.
+        #expect(ContinuousClock.now - start < .seconds(5))
     }
 
     @Test("a body that throws its own error after the lock was lost: withLock throws .lost")
@@ -157,7 +159,7 @@ struct WithLockMockTests {
         let nodes = realTimeNodes(3)
         let redlock = try Redlock(nodes: nodes, options: options(nodeTimeout: .milliseconds(50)))
         let error = try await #require(throws: RedlockError.self) {
-            try await redlock.withLock("r", ttl: .milliseconds(400)) { held in
+            try await redlock.withLock("r", ttl: .seconds(5)) { held in
                 // Someone deletes the keys on a majority: the next renewal is refused (.notHeld).
                 nodes[0].removeAll()
                 nodes[1].removeAll()

@@ -124,6 +124,17 @@ struct SocketChurnTests {
         #expect(tally.lost > 0, "no command was in flight when its connection was killed")
         #expect(tally.pongs > 0, "no PING was answered")
         #expect(tally.stalls.isEmpty, "refused connects that went unnoticed: \(tally.stalls.prefix(5))")
+        // The live server answers at once (or kills): a timeout or connect timeout from it, or no
+        // completion at all within 10 s ("nil"), is a connection that stopped hearing about its
+        // socket, the stall this test exists to catch.
+        let stalled = [
+            RedisConnectionError.Kind.timeout.rawValue, RedisConnectionError.Kind.connectTimeout.rawValue,
+            "nil",
+        ]
+        .compactMap { kind in tally.otherErrors[kind].map { "\(kind): \($0)" } }
+        #expect(
+            stalled.isEmpty,
+            "the live server's commands stalled: \(stalled); other errors \(tally.otherErrors)")
         // Every closed connection closed its socket before close() returned.
         #expect(leftOpen == 0, "\(leftOpen) sockets to the server still open after every connection closed")
     }

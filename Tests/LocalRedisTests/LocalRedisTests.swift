@@ -25,7 +25,16 @@ struct LocalRedisTests {
         #expect(server.rawPing() == "+PONG")
 
         // Its own directory, with the files it was promised.
-        #expect(server.directory.contains("/multiredlock-") || environment("MULTIREDLOCK_TEST_DIR") != nil)
+        // Under $MULTIREDLOCK_TEST_DIR when set (as `make test` does), else under a fresh
+        // /tmp/multiredlock-XXXXXX.
+        let root = environment("MULTIREDLOCK_TEST_DIR").flatMap { $0.isEmpty ? nil : $0 }
+        let parent = (server.directory as NSString).deletingLastPathComponent
+        if let root {
+            #expect(parent == root, "\(server.directory) is not under $MULTIREDLOCK_TEST_DIR \(root)")
+        } else {
+            #expect(parent.hasPrefix("/tmp/multiredlock-"), "\(server.directory)")
+        }
+        #expect((server.directory as NSString).lastPathComponent.hasPrefix("redis-"))
         let config = try #require(readText(server.configFilePath))
         #expect(config.contains("bind 127.0.0.1"))
         #expect(config.contains("port \(server.port)\n"))
@@ -450,7 +459,14 @@ struct LocalRedisTests {
             #expect(try server.cli("PING") == "PONG")
         }
         #expect(processIsGone(pid))
-        if environment("MULTIREDLOCK_TEST_DIR") == nil && environment("MULTIREDLOCK_KEEP_DIRS") == nil {
+        // Directories are removed only under a root LocalRedis created itself, and not with
+        // MULTIREDLOCK_KEEP_DIRS; under $MULTIREDLOCK_TEST_DIR (`make test`) they are kept for `make`
+        // to remove. Either way the outcome is checked.
+        let configuredRoot = !(environment("MULTIREDLOCK_TEST_DIR") ?? "").isEmpty
+        let keep = environment("MULTIREDLOCK_KEEP_DIRS").map { !$0.isEmpty && $0 != "0" } ?? false
+        if configuredRoot || keep {
+            #expect(access(directory, F_OK) == 0, "the server's directory is kept under a chosen root")
+        } else {
             #expect(access(directory, F_OK) != 0, "the server's temporary directory is removed")
         }
     }

@@ -73,10 +73,11 @@ extension Failover {
 
             #expect(killed == 1_000, "every kill must have hit the connection")
             #expect(connectionsAfter - connectionsBefore >= 1_020, "the server saw the reconnects")
-            // All descriptors of the process: tests running in parallel move this by a few, while a
-            // leak of one descriptor per reconnect would add 1,000.
+            // All descriptors of the process, a second check beside the exact per-port one above: tests
+            // running in parallel move this by dozens (their servers, sockets and pipes), while a leak
+            // of one descriptor per reconnect (a pipe, an eventfd, not only a socket) adds 1,000.
             #expect(
-                descriptorsAfter - descriptorsAfterWarmUp <= 50,
+                descriptorsAfter - descriptorsAfterWarmUp <= 100,
                 "descriptors grew from \(descriptorsAfterWarmUp) to \(descriptorsAfter)")
             print(
                 "scenario 7: 1,000 CLIENT KILLs + reconnects in \(elapsed) (\(retries) commands failed "

@@ -16,7 +16,10 @@ extension Failover {
 
         /// Scenario 1: one node killed while a task locks in a loop. Every lock is still granted,
         /// by the two survivors once the kill is done, and no validity reaches past
-        /// `call start + ttl − drift allowance`.
+        /// `call start + ttl − drift allowance`: checked against the keys themselves, on each granting
+        /// node, before the release. Its key expires at most PTTL + 1 ms after the PTTL reply (PTTL is
+        /// whole milliseconds, truncated), so `time after the reply + PTTL + 1 ms` bounds the expiry
+        /// from above, and it must still be at least `validUntil + drift`.
         @Test func oneNodeKilledWhileLocking() async throws {
             let group = try await RedisServerGroup.start(count: 3)
             defer { group.stopInBackground() }
@@ -32,6 +35,11 @@ extension Failover {
             let failures = FaultTally<String>()
             let killedAt = Locked<ContinuousClock.Instant?>(nil)
             let deadNode = Fault.address(group[0].port).description
+            let ports = Dictionary(
+                uniqueKeysWithValues: group.ports.map { (Fault.address($0).description, $0) })
+            // (lock index, node, the latest instant its key can expire)
+            let expiries = FaultTally<(index: Int, node: String, latest: ContinuousClock.Instant)>()
+            let unreadable = FaultTally<String>()
 
             let loop = Task {
                 for index in 0..<60 {
@@ -41,6 +49,28 @@ extension Failover {
                         let returned = ContinuousClock.now
                         let ticket = checker.acquired(lock, client: "loop")
                         grants.append(Grant(index: index, started: started, returned: returned, lock: lock))
+                        for node in lock.nodes {
+                            do {
+                                let reply = try await Fault.command(
+                                    ports[node] ?? 0, ["PTTL", resource], timeout: .seconds(2))
+                                let after = ContinuousClock.now
+                                guard let reply, reply.first == ":", let pttl = Int64(reply.dropFirst()),
+                                    pttl >= 0
+                                else {
+                                    failures.append(
+                                        "lock \(index): PTTL on \(node) answered \(reply ?? "(nil)")")
+                                    continue
+                                }
+                                expiries.append((index, node, after + .milliseconds(pttl + 1)))
+                            } catch {
+                                // Only the node being killed may fail to answer.
+                                if node == deadNode {
+                                    unreadable.append("lock \(index): \(error)")
+                                } else {
+                                    failures.append("lock \(index): PTTL on \(node): \(error)")
+                                }
+                            }
+                        }
                         try await Task.sleep(for: .milliseconds(5))
                         checker.released(ticket)
                         try await redlock.release(lock)
@@ -67,13 +97,11 @@ extension Failover {
                 longest = max(longest, elapsed)
                 // The lock's own numbers: validity = ttl − (now − start) − drift, where `start` (taken
                 // before the SETs went out) and `now` (when the quorum was in) must both lie within the
-                // call. So validity ≤ ttl − elapsed − drift for the elapsed time the library measured,
-                // and never more than the call left.
+                // call. (The bound that matters for safety, against the nodes' keys, is checked below.)
                 let impliedStart = lock.validUntil - (ttl - drift)
                 let impliedNow = lock.validUntil - lock.validity
                 #expect(grant.started <= impliedStart, "lock \(grant.index): clock started before the call")
                 #expect(impliedStart <= impliedNow && impliedNow <= grant.returned, "lock \(grant.index)")
-                #expect(lock.validity <= ttl - (impliedNow - impliedStart) - drift, "lock \(grant.index)")
                 #expect(lock.validUntil - grant.returned >= ttl - elapsed - drift, "lock \(grant.index)")
                 #expect(lock.validity > .zero)
                 if grant.started > killInstant {
@@ -83,10 +111,29 @@ extension Failover {
                 }
             }
             #expect(afterKill >= 30, "only \(afterKill) locks after the kill")
+            // Safety against the keys: every granting node keeps the key at least `drift` past the
+            // validity's end.
+            let validUntil = Dictionary(
+                uniqueKeysWithValues: grants.entries.map { ($0.index, $0.lock.validUntil) })
+            var tightest = Duration.seconds(1_000)
+            for expiry in expiries.entries {
+                let end = try #require(validUntil[expiry.index])
+                tightest = min(tightest, expiry.latest - (end + drift))
+                #expect(
+                    expiry.latest >= end + drift,
+                    "lock \(expiry.index): the key on \(expiry.node) expires \(end + drift - expiry.latest) before validUntil + drift"
+                )
+            }
+            // Every grant was checked on its granting nodes (the node being killed may have gone first).
+            let grantingNodes = grants.entries.reduce(0) { $0 + $1.lock.nodes.count }
+            #expect(expiries.count + unreadable.count == grantingNodes)
+            #expect(unreadable.count <= 2, "\(unreadable.entries)")
+            #expect(expiries.count >= 2 * 60)
             #expect(checker.violations().isEmpty, "\(checker.report())")
             print(
                 "scenario 1: \(grants.count) locks granted, \(afterKill) after the kill; slowest lock "
-                    + "\(longest); validity = ttl − elapsed − \(drift), elapsed measured within each call")
+                    + "\(longest); validity = ttl − elapsed − \(drift), elapsed measured within each call; "
+                    + "\(expiries.count) keys checked, smallest margin past validUntil + drift \(tightest)")
         }
 
         /// Scenario 2: two of three nodes down. `lock` fails with `.quorumUnavailable` within

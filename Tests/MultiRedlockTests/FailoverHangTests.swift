@@ -109,10 +109,20 @@ extension Failover {
             let text = durations.map { "\(Int(Fault.milliseconds($0)))" }.joined(separator: ", ")
             print(
                 "scenario 4: single attempts against a hung majority took [\(text)] ms (nodeTimeout 250 ms)")
-            for duration in durations {
+            // At most about the node timeout. Attempts that meet the hung nodes' connections still up
+            // wait for them (the first few); later ones fail at once while those connections are down
+            // (reconnecting, backing off). Medians, so that one attempt slowed by a loaded machine does
+            // not fail this, while a wait added to every attempt (twice the node timeout, a handshake
+            // or release awaited on the hung nodes) does; and no attempt near a hang.
+            let waited = durations.filter { $0 >= nodeTimeout / 2 }
+            #expect(!waited.isEmpty, "no attempt waited for the hung nodes: [\(text)] ms")
+            for sample in [durations, waited] where !sample.isEmpty {
                 #expect(
-                    duration < nodeTimeout + .milliseconds(150), "one attempt took \(duration): [\(text)] ms")
+                    Self.median(sample) < nodeTimeout + .milliseconds(150),
+                    "median \(Self.median(sample)): [\(text)] ms")
             }
+            #expect(
+                durations.max()! < nodeTimeout * 2 + .seconds(1), "slowest \(durations.max()!): [\(text)] ms")
             await redlock.close()
         }
 

@@ -70,12 +70,17 @@ enum Fault {
     // MARK: Looking at servers
 
     /// `EXISTS key` through a fresh raw connection (so it works whatever the Redlock's connection
-    /// does); nil when the server does not answer.
+    /// does). Throws unless the server answers `:0` or `:1`: an error reply (NOAUTH, LOADING, BUSY)
+    /// or no reply says nothing about the key, so it must not pass for "absent".
     static func exists(_ server: RedisServerProcess, _ key: String, password: String? = nil) async throws
         -> Bool
     {
         let reply = try await command(server.port, ["EXISTS", key], password: password)
-        return reply == ":1"
+        switch reply {
+        case ":1": return true
+        case ":0": return false
+        default: throw FaultError("EXISTS \(key) on port \(server.port) answered \(reply ?? "(nil)")")
+        }
     }
 
     /// `GET key`, nil when the key is absent.

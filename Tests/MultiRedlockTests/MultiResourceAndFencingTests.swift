@@ -189,6 +189,58 @@ struct MultiResourceAndFencingTests {
         await after.close()
     }
 
+    /// A node restarted empty (its counter lost) is quarantined for the longest ttl used, then takes
+    /// part again: its grants count, the write-back raises its counter to the token, and a majority
+    /// with it in carries the tokens on (each old node stopped in turn).
+    @Test func aRestartedNodeTakesPartAgainAfterItsQuarantine() async throws {
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }  // stopping resumes a paused server first
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let counterKey = Lock.fencingKey(for: resource)
+        let redlock = try await Self.redlock(group, fencing: true, id: "rejoin", retries: 0)
+        let names = group.ports.map { "127.0.0.1:\($0)" }
+        let ttl = Duration.seconds(1)
+        var tokens: [Int64] = []
+        func lockOnce() async throws -> Lock {
+            let lock = try await redlock.lock(resource, ttl: ttl)
+            tokens.append(try #require(lock.fencingToken))
+            try await redlock.release(lock)
+            return lock
+        }
+        for _ in 0..<3 { _ = try await lockOnce() }
+
+        #expect(await group[0].kill9())
+        #expect(!group[0].isRunning)
+        try await group[0].restart()
+        #expect(try await group[0].cli("EXISTS", counterKey) == "0", "no persistence: the counter is gone")
+        let node0 = try #require(redlock.nodes[0] as? RedisNode)
+        try await eventually { node0.connection.serverRestartDetectedAt != nil && node0.isConnected }
+        let detected = try #require(node0.connection.serverRestartDetectedAt)
+
+        // Quarantined: granted by the two others only.
+        let quarantined = try await lockOnce()
+        #expect(quarantined.nodes == [names[1], names[2]], "\(quarantined.nodes)")
+
+        // Past the longest ttl used (1 s) since the restart was seen: it takes part again.
+        try await Task.sleep(until: detected + ttl + .milliseconds(100), clock: .continuous)
+        let back = try await lockOnce()
+        #expect(back.nodes.contains(names[0]), "\(back.nodes)")
+        try await eventually {
+            try await group[0].cli("GET", counterKey) == String(back.fencingToken ?? -1)
+        }
+        // With either old node out of reach, the restarted one makes the majority, and tokens go on.
+        for stopped in [1, 2] {
+            #expect(await group[stopped].pause())
+            let lock = try await lockOnce()
+            #expect(lock.nodes.contains(names[0]) && !lock.nodes.contains(names[stopped]), "\(lock.nodes)")
+            #expect(await group[stopped].resume())
+            try await eventually { redlock.nodes.allSatisfy(\.isConnected) }
+        }
+        #expect(zip(tokens, tokens.dropFirst()).allSatisfy { $0 < $1 }, "\(tokens)")
+        #expect(tokens.count == 7)
+        await redlock.close()
+    }
+
     @Test func fencingIsForSingleResources() async throws {
         let group = try await RedisServerGroup.start(count: 1)
         defer { group.stopInBackground() }

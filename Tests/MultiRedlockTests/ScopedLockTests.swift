@@ -3,6 +3,10 @@ import MultiRedlock
 import Synchronization
 import Testing
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// tryLock, waiting, cancellation and withLock against real redis-servers.
 @Suite(.serialized)
 struct ScopedLockTests {
@@ -164,6 +168,102 @@ struct ScopedLockTests {
         #expect(wasCancelled)
         // Cancelled once the validity ran out (900 ms − drift), not after the body's 10 s.
         #expect(elapsed < .seconds(3))
+        await redlock.close()
+    }
+
+    /// Cancelling the task that called `withLock`: the body is cancelled, `withLock` throws
+    /// `CancellationError` at once, and the keys are released on every server (not left to expire).
+    @Test func cancellingTheCallerCancelsTheBodyAndReleases() async throws {
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
+        let redlock = try await Self.redlock(group)
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let bodyRunning = Atomic<Bool>(false)
+        let bodyCancelled = Atomic<Bool>(false)
+        let task = Task {
+            try await redlock.withLock(resource, ttl: .seconds(30)) { _ in
+                bodyRunning.store(true, ordering: .sequentiallyConsistent)
+                do {
+                    try await Task.sleep(for: .seconds(60))
+                } catch {
+                    bodyCancelled.store(true, ordering: .sequentiallyConsistent)
+                    throw error
+                }
+            }
+        }
+        try await eventually { bodyRunning.load(ordering: .sequentiallyConsistent) }
+        let values = try await group.servers.asyncMap { try await $0.cli("GET", resource) }
+        #expect(
+            values.allSatisfy { !$0.isEmpty } && Set(values).count == 1, "held on every server: \(values)")
+        let cancelled = ContinuousClock.now
+        task.cancel()
+        let result = await task.result
+        #expect(ContinuousClock.now - cancelled < .seconds(2))
+        #expect(throws: CancellationError.self) { try result.get() }
+        let wasCancelled = bodyCancelled.load(ordering: .sequentiallyConsistent)
+        #expect(wasCancelled)
+        // Deleted by the release, well within the 30 s ttl, and not expired.
+        try await eventually(timeout: .seconds(3)) {
+            try await group.servers.asyncAllSatisfy { try await $0.cli("EXISTS", resource) == "0" }
+        }
+        for server in group.servers {
+            #expect(try await server.cli("INFO", "stats").contains("expired_keys:0"))
+        }
+        await redlock.close()
+    }
+
+    /// A body that notices the loss itself (it ignores cancellation) and then throws its own error:
+    /// `withLock` throws `.lost`, and leaves nothing of its own on the servers.
+    @Test func aBodyThatThrowsAfterTheLockWasLostGetsLost() async throws {
+        struct BodyFailed: Error {}
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
+        let redlock = try await Self.redlock(group)
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let error = try await #require(throws: RedlockError.self) {
+            try await redlock.withLock(resource, ttl: .seconds(3)) { held in
+                // Deleted on a majority: the next renewal is refused.
+                for server in group.servers.prefix(2) { try await server.cli("DEL", resource) }
+                let deadline = ContinuousClock.now + .seconds(10)
+                while held.isValid && ContinuousClock.now < deadline {
+                    // Not Task.sleep: the body goes on although it is cancelled.
+                    _ = await offPool { usleep(10_000) }
+                }
+                #expect(held.lostError?.kind == .lost)
+                throw BodyFailed()
+            }
+        }
+        #expect(error.kind == .lost, "\(error)")
+        // The third server's key (ours) is released, not left for its ttl.
+        try await eventually(timeout: .seconds(3)) { try await group[2].cli("EXISTS", resource) == "0" }
+        #expect(try await group[2].cli("INFO", "stats").contains("expired_keys:0"))
+        await redlock.close()
+    }
+
+    /// withLock over several resources: every key is set on every server, renewed together while the
+    /// body outlives the ttl, and all are released at the end.
+    @Test func multiResourceWithLockHoldsRenewsAndReleasesEveryKey() async throws {
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
+        let redlock = try await Self.redlock(group, Self.options(nodeTimeout: .milliseconds(800)))
+        let base = RedlockIntegrationTests.uniqueResource()
+        let keys = ["\(base)-a", "\(base)-b"]
+        let checks = Locked<[String]>([])
+        try await redlock.withLock(keys, ttl: .milliseconds(1200)) { held in
+            #expect(held.lock.resources == keys)
+            for _ in 0..<6 {
+                try await Task.sleep(for: .milliseconds(400))
+                var values: [String] = []
+                for server in group.servers {
+                    for key in keys { values.append(try await server.cli("GET", key)) }
+                }
+                checks.withLock { $0.append(values.allSatisfy { $0 == held.value } ? "held" : "\(values)") }
+            }
+        }
+        #expect(checks.withLock { $0 } == Array(repeating: "held", count: 6))
+        for server in group.servers {
+            #expect(try await server.cli("EXISTS", keys[0], keys[1]) == "0")
+        }
         await redlock.close()
     }
 

@@ -200,26 +200,93 @@ struct RedlockCLITests {
 
     @Test func allServersDownExits69WithinTheNodeTimeouts() async throws {
         let servers = try await Servers.start()
-        defer { servers.stopInBackground() }
-        for index in 0..<3 {
-            #expect(await servers[index].kill9())
-        }
+        defer { servers.stopInBackground() }  // stopping resumes a paused server first
+        let nodeTimeout = Duration.milliseconds(300)
 
-        // 4 attempts of at most 200 ms each plus waits of at most 100 ms; the margin covers the
-        // process start and a busy machine.
-        let outcome = try await redlock([
-            "--servers", servers.list, "--node-timeout", "200", "--retries", "3", "acquire", "down",
-        ])
+        // Hung servers (SIGSTOP), not dead ones: a dead server refuses at once, a hung one is only
+        // given up on when the node timeout passes. The servers must hang after the tool's
+        // connections are up (else it only ever sees connect timeouts): the resource is held
+        // elsewhere, so attempt 1 is refused at once, and the servers are stopped during the wait
+        // after it (its length is in the --verbose line). A run whose wait was too short to stop them
+        // in time is tried again. Attempt 2 then meets hung servers on live connections.
+        var measured: (outcome: Outcome, attempt: Duration, exit: Duration, wait: Duration)?
+        for run in 0..<5 where measured == nil {
+            let resource = "down-\(run)"
+            for index in 0..<3 {
+                try await servers[index].cli("SET", resource, "someone-else", "PX", "60000")
+            }
+            let process = try startRedlock([
+                "--servers", servers.list, "--node-timeout", "300", "--retries", "1", "--retry-wait", "1500",
+                "--verbose", "acquire", resource,
+            ])
+            let wait = try #require(
+                await Self.nextAttemptWait(process, attempt: 1, "taken"),
+                "no refused first attempt: \(process.stderr)")
+            guard wait >= .milliseconds(300) else {
+                await process.wait()
+                continue
+            }
+            for index in 0..<3 {
+                #expect(await servers[index].pause())
+                #expect(servers[index].isPaused)
+            }
+            let pausedAt = ContinuousClock.now
+            // Attempt 2's line is printed when it is decided (before its release).
+            let decided = await eventually(timeout: .seconds(30)) { process.stderr.contains("attempt 2:") }
+            let attempt = pausedAt.duration(to: .now)
+            #expect(decided, "\(process.stderr)")
+            let status = await process.wait(timeout: .seconds(30))
+            let exit = pausedAt.duration(to: .now) - attempt
+            let outcome = Outcome(
+                status: status, stdout: process.stdout, stderr: process.stderr, elapsed: attempt + exit)
+            measured = (outcome, attempt, exit, wait)
+        }
+        let (outcome, attempt, exit, wait) = try #require(measured, "the servers were never stopped in time")
         #expect(outcome.status == 69, "\(outcome)")
-        #expect(outcome.elapsed < .seconds(5), "\(outcome)")
         #expect(outcome.stdout.isEmpty)
         #expect(outcome.stderr.contains("not enough nodes answered"), "\(outcome)")
-        #expect(outcome.stderr.contains("4 attempts"), "\(outcome)")
+        #expect(outcome.stderr.contains("2 attempts"), "\(outcome)")
+        // The fault was met: attempt 2 ran into node timeouts.
+        let second = outcome.stderr.split(separator: "\n").first { $0.contains("attempt 2:") }
+        #expect(second?.contains("timeout") == true, "\(outcome)")
+        // Timed from the stop, not from the process start. Attempt 2 is decided once attempt 1's
+        // release (sent just before or after the stop: at most one node timeout), the reported wait
+        // and one node timeout are over; the tool exits once attempt 2's release has had its node
+        // timeout. 300 ms each for a loaded machine (and the 5 ms polling); a hung node waited on
+        // for longer than the node timeout (the connect or command timeout, 1 s and more, or
+        // several node timeouts) does not fit.
+        print(
+            "redlock: all servers hung: attempt 2 decided \(attempt) after the stop (wait \(wait), node "
+                + "timeout \(nodeTimeout)), exit \(exit) later")
+        #expect(attempt < wait + nodeTimeout * 2 + .milliseconds(300), "\(outcome)")
+        #expect(exit < nodeTimeout + .milliseconds(300), "\(outcome)")
 
+        // Still hung: renew and release fail the same way.
         let renew = try await redlock(["--servers", servers.list, "renew", "down", "v"])
         #expect(renew.status == 69, "\(renew)")
         let release = try await redlock(["--servers", servers.list, "release", "down", "v"])
         #expect(release.status == 69, "\(release)")
+        for index in 0..<3 { #expect(await servers[index].resume()) }
+    }
+
+    /// The wait before attempt `attempt + 1` that `--verbose` reported after `attempt` (whose outcome
+    /// starts with `outcome`); nil when no such line came within 20 s (or the process exited first).
+    static func nextAttemptWait(_ process: Subprocess, attempt: Int, _ outcome: String) async -> Duration? {
+        let pattern = "attempt \(attempt): \(outcome)"
+        func parse() -> Duration? {
+            guard
+                let line = process.stderr.split(separator: "\n").first(where: { $0.contains(pattern) }),
+                let range = line.range(of: "; next attempt in ")
+            else { return nil }
+            return Int(line[range.upperBound...].prefix { $0.isNumber }).map { .milliseconds($0) }
+        }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline {
+            if let wait = parse() { return wait }
+            if process.hasExited { return parse() }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return nil
     }
 
     @Test func oneServerDownStillLocks() async throws {
@@ -427,15 +494,27 @@ struct RedlockCLITests {
             "--servers", servers.list, "--ttl", "1000", "run", "stubborn", "--", "sh", "-c", script,
         ])
         #expect(await process.waitForOutput("ready\n"), "\(process.stderr)")
+        let child = try #require(children(of: process.pid).first, "\(process.stderr)")
+        // Whatever happens below, the command does not outlive the test.
+        defer { if kill(child, 0) == 0 { kill(child, SIGKILL) } }
         for index in 0..<2 {
             #expect(await servers[index].pause())
         }
         let pausedAt = ContinuousClock.now
+        // The command really ignores SIGTERM: alive when the tool says it sent it, and after.
+        let terminated = await eventually(timeout: .seconds(20)) {
+            process.stderr.contains("sending SIGTERM")
+        }
+        #expect(terminated, "\(process.stderr)")
+        #expect(kill(child, 0) == 0, "the command (pid \(child)) died of SIGTERM")
         #expect(await process.wait(timeout: .seconds(30)) == 124, "\(process.stderr)")
         let elapsed = pausedAt.duration(to: .now)
         // About 1 s of validity, then the 2 s grace after SIGTERM.
         #expect(elapsed >= .seconds(2) && elapsed < .seconds(9), "exited \(elapsed) after the pause")
         #expect(process.stderr.contains("SIGKILL"), "\(process.stderr)")
+        // The tool reaped it before exiting: the pid is gone (not a zombie left to init).
+        let gone = await eventually(timeout: .seconds(5)) { kill(child, 0) != 0 }
+        #expect(gone, "the command (pid \(child)) still runs after the tool exited")
     }
 
     @Test func sigtermIsForwardedToTheCommandAndTheLockReleased() async throws {
@@ -469,14 +548,28 @@ struct RedlockCLITests {
         defer { scratch.remove() }
         let marker = scratch.file("ran")
 
-        _ = try await redlock(["--servers", servers.list, "acquire", "queue"])
+        let holder = try await redlock(["--servers", servers.list, "acquire", "queue"])
+        let value = try #require(try holder.json()["value"] as? String)
         let process = try startRedlock([
-            "--servers", servers.list, "--wait", "20000", "run", "queue", "--", "touch", marker,
+            "--servers", servers.list, "--wait", "20000", "--verbose", "run", "queue", "--", "touch", marker,
         ])
-        try await Task.sleep(for: .milliseconds(500))
+        // The tool is waiting for the lock (a first attempt was refused), so its handlers are in place:
+        // a signal before that would end it with the same 143 without showing anything.
+        let waiting = await eventually(timeout: .seconds(20)) { process.stderr.contains("attempt 1: taken") }
+        #expect(waiting, "\(process.stderr)")
         process.signal(SIGTERM)
+        let signalled = ContinuousClock.now
         #expect(await process.wait(timeout: .seconds(10)) == 128 + SIGTERM, "\(process.stderr)")
+        let stopped = signalled.duration(to: .now)
+        // The tool handled it and exited 143 itself (not killed by the signal), at once (not at the
+        // end of the 20 s wait), saying why.
+        let status = try #require(process.waitStatus)
+        #expect(status & 0x7f == 0, "killed by signal \(status & 0x7f), not a handled exit")
+        #expect(stopped < .seconds(5), "exited \(stopped) after SIGTERM")
+        #expect(process.stderr.contains("interrupted by signal \(SIGTERM)"), "\(process.stderr)")
         #expect(!FileManager.default.fileExists(atPath: marker))
+        // The holder's lock is untouched, and the waiter left nothing.
+        #expect(try await servers.values(of: "queue") == [value, value, value])
     }
 
     // MARK: - Passwords
@@ -520,8 +613,11 @@ struct RedlockCLITests {
         let renewed = try await redlock(
             ["--servers", list, "--verbose", "renew", "p", value], environment: environment)
         #expect(renewed.status == 0, "\(renewed)")
+        // The wrong password: in the URL, or in REDLOCK_PASSWORD.
+        let wrongList = servers.group.ports.map { "redis://:\(password)-wrong@127.0.0.1:\($0)" }
+            .joined(separator: ",")
         let wrong = try await redlock(
-            ["--servers", list, "--verbose", "acquire", "q"],
+            ["--servers", inURL ? wrongList : list, "--verbose", "acquire", "q"],
             environment: inURL ? [:] : ["REDLOCK_PASSWORD": password + "-wrong"])
         let malformed = try await redlock([
             "--servers", "redis://:\(password)@127.0.0.1:70000", "acquire", "q",
@@ -533,10 +629,10 @@ struct RedlockCLITests {
             #expect(!outcome.stdout.contains(password), "\(outcome)")
             #expect(!outcome.stderr.contains(password), "\(outcome)")
         }
-        if !inURL {
-            #expect(wrong.status == 69, "\(wrong)")
-            #expect(wrong.stderr.contains("WRONGPASS"), "\(wrong)")
-        }
+        #expect(wrong.status == 69, "\(wrong)")
+        #expect(wrong.stderr.contains("WRONGPASS"), "\(wrong)")
+        #expect(
+            try await servers.values(of: "q") == [nil, nil, nil], "nothing locked with the wrong password")
     }
 }
 

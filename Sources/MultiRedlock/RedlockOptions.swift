@@ -26,7 +26,7 @@ public struct RedlockOptions: Sendable {
 
     /// How long one node may take to answer one command before it counts as failed (and its
     /// connection is replaced). A hung node delays a decision by at most this much. The default is
-    /// 100 ms; keep it small against the ttl. Positive, at most 100 years.
+    /// 100 ms; keep it small against the ttl. At least 1 ms, at most 100 years. Positive, at most 100 years.
     public var nodeTimeout: Duration
 
     /// Connect timeout and reconnect backoff of each node's connection. The defaults are
@@ -135,6 +135,10 @@ public struct RedlockOptions: Sendable {
         try check(retryWait, "retryWait", positive: false)
         try check(maxHold, "options.maxHold", positive: true)
         try check(nodeTimeout, "options.nodeTimeout", positive: true)
+        if nodeTimeout < .milliseconds(1) {
+            throw invalid(
+                "options.nodeTimeout must be at least 1 ms (got \(nodeTimeout)): no reply comes sooner")
+        }
         try check(connection.connectTimeout, "options.connection.connectTimeout", positive: true)
         try check(connection.commandTimeout, "options.connection.commandTimeout", positive: true)
         try check(

@@ -9,9 +9,11 @@ import MultiRedlock
 #endif
 
 /// `redlock run`: acquires the lock, runs COMMAND, renews the lock while COMMAND runs, releases it
-/// when COMMAND exits and returns COMMAND's status. When the lock is lost (a renewal fails and the
-/// validity runs out, or the servers say it is no longer held) COMMAND gets SIGTERM, then SIGKILL
-/// after `killGrace`, and the status is 124. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND.
+/// when COMMAND exits and returns COMMAND's status. When the lock is lost (renewals fail until
+/// `killAfter` — at most a third of the validity — is left, or the servers say it is no longer
+/// held) COMMAND gets the loss signal (SIGTERM by default), then SIGKILL `killAfter` later but never
+/// after the validity ends, so COMMAND is gone before another client can hold the lock; the status
+/// is 124. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND.
 struct Supervisor {
     /// How long COMMAND has to exit after SIGTERM before it gets SIGKILL.
     static let killGrace: Duration = .seconds(2)
@@ -72,7 +74,7 @@ struct Supervisor {
             "started \(JSON.quoted(command[0])) (pid \(child.pid)) holding \(JSON.quoted(resource)),"
                 + " validity \(acquired.remainingValidity.millisecondsText)")
 
-        var state = LoopState(lock: acquired, ttl: session.settings.ttl)
+        var state = LoopState(lock: acquired, ttl: session.settings.ttl, killAfter: killAfter)
         var timer: Task<Void, Never>?
         var generation = 0
         func schedule() {
@@ -87,7 +89,8 @@ struct Supervisor {
         }
         func lose(_ reason: String) {
             state.lost = true
-            state.killAt = .now + killAfter
+            // COMMAND must be gone by the end of the validity: past it another client may hold the lock.
+            state.killAt = min(.now + killAfter, state.lock.validUntil)
             Output.stderr(
                 "lost the lock on \(JSON.quoted(resource)): \(reason); sending \(SignalParsing.name(of: lossSignal))"
                     + " to \(JSON.quoted(command[0])) (pid \(child.pid))")
@@ -112,13 +115,15 @@ struct Supervisor {
                 }
             case .timer(let tick):
                 guard tick == generation else { continue }
-                if !state.lost && now >= state.lock.validUntil {
-                    lose("its validity ran out while the renewal failed")
+                if !state.lost && now >= state.stopAt {
+                    lose(
+                        "the renewal failed and \(state.lock.remainingValidity.millisecondsText) of validity is left;"
+                            + " COMMAND must be gone before it ends")
                 } else if state.lost, let killAt = state.killAt, now >= killAt {
                     Output.stderr(
                         "\(JSON.quoted(command[0])) (pid \(child.pid)) still runs"
-                            + " \(killAfter.millisecondsText) after \(SignalParsing.name(of: lossSignal)):"
-                            + " sending SIGKILL")
+                            + " at the end of the validity (\(SignalParsing.name(of: lossSignal)) was sent"
+                            + " up to \(killAfter.millisecondsText) before): sending SIGKILL")
                     child.send(SIGKILL)
                     state.killAt = nil
                 } else if !state.lost && !state.renewing && now >= state.nextRenew {
@@ -177,15 +182,23 @@ private struct LoopState {
     var nextRenew: ContinuousClock.Instant
     var renewing = false
     var lost = false
-    /// When COMMAND gets SIGKILL, once the lock is lost.
+    /// When COMMAND gets SIGKILL, once the lock is lost: never after the end of the validity.
     var killAt: ContinuousClock.Instant?
+    /// How long COMMAND may take to stop after the loss signal (`run --kill-after`).
+    let killAfter: Duration
 
-    init(lock: Lock, ttl: Duration) {
+    init(lock: Lock, ttl: Duration, killAfter: Duration) {
         self.lock = lock
         self.ttl = ttl
+        self.killAfter = killAfter
         nextRenew = .now
         nextRenew = .now + renewInterval
     }
+
+    /// When the lock counts as lost if no renewal succeeded: early enough that COMMAND gets the loss
+    /// signal `killAfter` before the validity ends (at most a third of the validity before, so that
+    /// renewals have their time), and SIGKILL at the end, before another client can hold the lock.
+    var stopAt: ContinuousClock.Instant { lock.validUntil - min(killAfter, lock.validity / 3) }
 
     /// Renew every third of the ttl, and at the latest when half the validity is left.
     var renewInterval: Duration { min(ttl / 3, lock.remainingValidity / 2) }
@@ -193,10 +206,10 @@ private struct LoopState {
     /// After a failed renewal: soon, but not in a busy loop.
     var retryDelay: Duration { max(.milliseconds(10), min(ttl / 10, lock.remainingValidity / 3)) }
 
-    /// When the loop must look again: the next renewal or the end of the validity; once the lock
-    /// is lost, the SIGKILL.
+    /// When the loop must look again: the next renewal or the stop point; once the lock is lost,
+    /// the SIGKILL.
     var nextDeadline: ContinuousClock.Instant? {
         if lost { return killAt }
-        return renewing ? lock.validUntil : min(nextRenew, lock.validUntil)
+        return renewing ? stopAt : min(nextRenew, stopAt)
     }
 }

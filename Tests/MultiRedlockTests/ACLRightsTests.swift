@@ -16,11 +16,12 @@ struct ACLRightsTests {
         "set", "get", "del", "pexpire", "exists", "eval", "evalsha", "ping", "info", "select",
     ]
 
-    /// The ACL rule, limited to keys under `locks:` (a fencing counter is `<resource>:fencing-token`,
-    /// so it falls under the same pattern).
+    /// The ACL rule, limited to keys under `locks:` and their fencing counters
+    /// (`multiredlock:fence:<resource>`).
     static func rule(without missing: String? = nil) -> String {
         let rights = commands.filter { $0 != missing }.map { "+" + $0 }.joined(separator: " ")
-        return "user locker on >locker-secret resetkeys ~locks:* resetchannels -@all \(rights)"
+        return
+            "user locker on >locker-secret resetkeys ~locks:* ~multiredlock:fence:locks:* resetchannels -@all \(rights)"
     }
 
     /// Servers whose default user has a password the application does not know, and the `locker` user.

@@ -205,12 +205,14 @@ import Testing
             }
         }
         // nodeTimeout: each node command's deadline.
-        for (label, timeout) in [("Int64.max s", huge), ("zero", .zero), ("-1 ns", .nanoseconds(-1))] {
+        for (label, timeout) in [
+            ("Int64.max s", huge), ("zero", .zero), ("-1 ns", .nanoseconds(-1)), ("1 ns", .nanoseconds(1)),
+        ] {
             add("options.nodeTimeout \(label)", .refused("nodeTimeout")) { _ in
                 try await onMocks(options { $0.nodeTimeout = timeout }) { try await lockAndRelease($0) }
             }
         }
-        for (label, timeout) in [("100 years", hundredYears), ("1 ns", .nanoseconds(1))] {
+        for (label, timeout) in [("100 years", hundredYears), ("1 ms", .milliseconds(1))] {
             add("options.nodeTimeout \(label)", .works) { _ in
                 try await onMocks(options { $0.nodeTimeout = timeout }) { try await lockAndRelease($0) }
             }

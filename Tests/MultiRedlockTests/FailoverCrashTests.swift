@@ -128,7 +128,7 @@ extension Failover {
             let grantingNodes = grants.entries.reduce(0) { $0 + $1.lock.nodes.count }
             #expect(expiries.count + unreadable.count == grantingNodes)
             #expect(unreadable.count <= 2, "\(unreadable.entries)")
-            #expect(expiries.count >= 2 * 60)
+            #expect(expiries.count >= 2 * 60 - unreadable.count, "each lock checked on at least 2 nodes")
             #expect(checker.violations().isEmpty, "\(checker.report())")
             print(
                 "scenario 1: \(grants.count) locks granted, \(afterKill) after the kill; slowest lock "

@@ -13,10 +13,10 @@ import Synchronization
 ///
 /// Phases: `resolving` → `connecting` → `handshaking` (AUTH, SELECT, PING) → `ready`; any failure
 /// before `ready` goes to `backoff`, which reconnects when its delay is over. A failure while
-/// `ready` reconnects at once when the connection had been up for `backoffResetAfter` (the backoff
-/// starts over) or nothing had failed since it last started over; otherwise it backs off like a
-/// failed connect: a server that accepts and then drops connections is not hammered at
-/// round-trip rate. `closed` is final.
+/// `ready` reconnects at once when the connection had been working (up for `backoffResetAfter`,
+/// or it answered a command of the application's: the backoff starts over) or nothing had failed
+/// since the backoff last started over; otherwise it backs off like a failed connect: a server
+/// that accepts and then drops connections is not hammered at round-trip rate. `closed` is final.
 ///
 /// hiredis calls back into this object through the context's `data` pointer, which is unretained:
 /// the core outlives every context it creates, because a context is freed (or handed to hiredis
@@ -57,8 +57,10 @@ final class ConnectionCore: @unchecked Sendable {
     private var connectDeadline = UInt64.max
     private var reconnectAt = UInt64.max
     private var failures = 0
-    /// When the connection last became ready (uptime nanoseconds).
+    /// When the connection last became ready (uptime nanoseconds), and whether it has answered a
+    /// command of the application's since: either shows that a lost connection had been working.
     private var readyAt: UInt64 = 0
+    private var answeredSinceReady = false
     private var generation: UInt64 = 0
     private var lastError: RedisConnectionError?
     private var reportedConnected: Bool?
@@ -193,6 +195,7 @@ final class ConnectionCore: @unchecked Sendable {
     ) {
         guard let pending = inflight.popFirst() else { return }
         adapter?.replyArrived()
+        if reply != nil, phase == .ready { answeredSinceReady = true }
         if let reply {
             pending.completion(.success(RedisReply(copying: reply.assumingMemoryBound(to: redisReply.self))))
         } else {
@@ -353,6 +356,7 @@ final class ConnectionCore: @unchecked Sendable {
     private func becameReady() {
         phase = .ready
         readyAt = DispatchTime.now().uptimeNanoseconds
+        answeredSinceReady = false
         lastError = nil
         connectDeadline = .max
         connected.store(true, ordering: .releasing)
@@ -386,16 +390,16 @@ final class ConnectionCore: @unchecked Sendable {
     }
 
     /// A working connection broke (or was dropped on a deadline): report, then reconnect. At once
-    /// when it had been up for `backoffResetAfter` (the backoff starts over), or when nothing
-    /// failed since the backoff last started over; otherwise after the backoff's next delay, as
-    /// after a failed connect.
+    /// when it had been working, up for `backoffResetAfter` or answering a command of the
+    /// application's (the backoff starts over), or when nothing failed since the backoff last
+    /// started over; otherwise after the backoff's next delay, as after a failed connect.
     private func connectionLost(_ failure: RedisConnectionError) {
         guard phase != .closed else { return }
         lastError = failure
         connected.store(false, ordering: .releasing)
         report(.disconnected(failure))
         let uptime = DispatchTime.now().uptimeNanoseconds &- readyAt
-        if uptime >= options.backoffResetAfter.nanoseconds { failures = 0 }
+        if answeredSinceReady || uptime >= options.backoffResetAfter.nanoseconds { failures = 0 }
         if failures == 0 {
             failures = 1
             connect()

@@ -29,9 +29,9 @@ import Synchronization
 ///
 /// The connection reconnects by itself, with capped exponential backoff and jitter, runs AUTH and
 /// SELECT on every (re)connect, and reports its state to the observer given at creation. A lost
-/// connection that had stayed up for ``RedisConnectionOptions/backoffResetAfter`` reconnects at
-/// once and the backoff starts over; one lost sooner reconnects at once only the first time, and
-/// then backs off as after a failed connect.
+/// connection that had been working (up for ``RedisConnectionOptions/backoffResetAfter``, or it
+/// answered a command) reconnects at once and the backoff starts over; one lost before either
+/// reconnects at once only the first time, and then backs off as after a failed connect.
 ///
 /// While the connection is being established, commands wait for it (up to their deadline); while
 /// it is down between reconnect attempts, they fail at once with

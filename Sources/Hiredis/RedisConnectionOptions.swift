@@ -18,17 +18,18 @@ public struct RedisConnectionOptions: Sendable, Hashable {
     /// The first delay before reconnecting after a failed connect. The default is 25 ms.
     /// Each further failure doubles it, up to ``reconnectMaxDelay``; each delay is jittered to a
     /// random value between half and all of it. A connection that stays up for
-    /// ``backoffResetAfter`` starts over.
+    /// ``backoffResetAfter``, or answers a command, starts over.
     public var reconnectInitialDelay: Duration = .milliseconds(25)
 
     /// The longest delay between reconnect attempts. The default is 2 s.
     public var reconnectMaxDelay: Duration = .seconds(2)
 
     /// How long a connection must have stayed up (through its handshake) for its loss to start the
-    /// backoff over, with an immediate reconnect. A connection lost sooner reconnects at once only
-    /// when nothing failed since the backoff last started over, and otherwise backs off like a
-    /// failed connect, so a server (or proxy) that accepts and then drops connections is not
-    /// hammered at round-trip rate. The default is 1 s.
+    /// backoff over, with an immediate reconnect; a connection that answered a command of the
+    /// application's counts as working too, however short-lived. Any other lost connection
+    /// reconnects at once only when nothing failed since the backoff last started over, and
+    /// otherwise backs off like a failed connect, so a server (or proxy) that accepts and then
+    /// drops connections is not hammered at round-trip rate. The default is 1 s.
     public var backoffResetAfter: Duration = .seconds(1)
 
     /// The most bytes one reply may take before the connection gives up on it: the command fails

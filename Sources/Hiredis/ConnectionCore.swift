@@ -12,8 +12,11 @@ import Synchronization
 /// commands in flight, the deadline timer, and the reconnect state machine.
 ///
 /// Phases: `resolving` → `connecting` → `handshaking` (AUTH, SELECT, PING) → `ready`; any failure
-/// before `ready` goes to `backoff`, which reconnects when its delay is over; a failure while
-/// `ready` reconnects at once. `closed` is final.
+/// before `ready` goes to `backoff`, which reconnects when its delay is over. A failure while
+/// `ready` reconnects at once when the connection had been working (up for `backoffResetAfter`,
+/// or it answered a command of the application's: the backoff starts over) or nothing had failed
+/// since the backoff last started over; otherwise it backs off like a failed connect: a server
+/// that accepts and then drops connections is not hammered at round-trip rate. `closed` is final.
 ///
 /// hiredis calls back into this object through the context's `data` pointer, which is unretained:
 /// the core outlives every context it creates, because a context is freed (or handed to hiredis
@@ -54,6 +57,10 @@ final class ConnectionCore: @unchecked Sendable {
     private var connectDeadline = UInt64.max
     private var reconnectAt = UInt64.max
     private var failures = 0
+    /// When the connection last became ready (uptime nanoseconds), and whether it has answered a
+    /// command of the application's since: either shows that a lost connection had been working.
+    private var readyAt: UInt64 = 0
+    private var answeredSinceReady = false
     private var generation: UInt64 = 0
     private var lastError: RedisConnectionError?
     private var reportedConnected: Bool?
@@ -85,7 +92,7 @@ final class ConnectionCore: @unchecked Sendable {
     }
 
     deinit {
-        assert(context == nil, "a hiredis context outlived its connection")
+        assert(context == nil || ForkDetector.isForkedChild, "a hiredis context outlived its connection")
     }
 
     var isConnected: Bool { connected.load(ordering: .acquiring) }
@@ -97,8 +104,19 @@ final class ConnectionCore: @unchecked Sendable {
     // MARK: Commands
 
     func submit(_ command: RedisCommand, timeout: Duration, completion: @escaping Completion) {
+        // In a child made by fork() the connection's queue and the watcher thread do not exist:
+        // answer on the caller's thread, touching no Dispatch object.
+        if ForkDetector.isForkedChild {
+            completion(.failure(ForkDetector.error(server: serverName)))
+            return
+        }
         guard command.count > 0 else {
             let failure = error(.invalidCommand, "a command needs at least its name")
+            queue.async { completion(.failure(failure)) }
+            return
+        }
+        if let reason = command.unsupportedReason {
+            let failure = error(.unsupportedCommand, reason)
             queue.async { completion(.failure(failure)) }
             return
         }
@@ -135,12 +153,22 @@ final class ConnectionCore: @unchecked Sendable {
             pending.completion(.failure(error(.notConnected, "connection is down")))
             return
         }
+        // A command whose deadline passed while it waited (on the queue, or for the handshake) is
+        // not sent: it fails alone, known not to have run, and the connection is left alone.
+        if pending.deadline <= DispatchTime.now().uptimeNanoseconds {
+            pending.completion(
+                .failure(
+                    error(
+                        .timeout, "the deadline passed before the command was sent; it was not sent",
+                        outcomeUnknown: false)))
+            return
+        }
         // Formatted here (RESP) and handed over whole: cheaper than hiredis's sds formatting.
-        formatBuffer.removeAll(keepingCapacity: true)
-        command.format(into: &formatBuffer)
+        Self.formatForHiredis(command, into: &formatBuffer)
         let status = formatBuffer.withUnsafeBufferPointer { buffer in
             buffer.withMemoryRebound(to: CChar.self) {
-                redisAsyncFormattedCommand(context, replyCallback, nil, $0.baseAddress, $0.count)
+                // The length leaves out the terminating NUL.
+                redisAsyncFormattedCommand(context, replyCallback, nil, $0.baseAddress, $0.count - 1)
             }
         }
         if status == REDIS_OK {
@@ -152,11 +180,22 @@ final class ConnectionCore: @unchecked Sendable {
         }
     }
 
+    /// Formats `command` (RESP) into `buffer`, replacing its contents, and terminates it with a NUL
+    /// that is not part of the command: hiredis's `nextArgument`, which classifies the command,
+    /// reads one byte past the last argument and `strchr`s for the next one.
+    static func formatForHiredis(_ command: RedisCommand, into buffer: inout [UInt8]) {
+        buffer.removeAll(keepingCapacity: true)
+        command.format(into: &buffer)
+        buffer.append(0)
+    }
+
     /// A reply, or NULL when hiredis is dropping the connection: the command's outcome is unknown.
     fileprivate func didReceive(
         _ reply: UnsafeMutableRawPointer?, on context: UnsafeMutablePointer<redisAsyncContext>
     ) {
         guard let pending = inflight.popFirst() else { return }
+        adapter?.replyArrived()
+        if reply != nil, phase == .ready { answeredSinceReady = true }
         if let reply {
             pending.completion(.success(RedisReply(copying: reply.assumingMemoryBound(to: redisReply.self))))
         } else {
@@ -206,16 +245,22 @@ final class ConnectionCore: @unchecked Sendable {
         }
         if context.pointee.err != 0 {
             let reason = contextError(context.pointee.c) ?? "connect failed"
-            redisAsyncFree(context)
+            freeUnattached(context)
             connectFailed(error(.connectFailed, reason))
             return
         }
         let adapter: EventAdapter
-        switch EventAdapter.attach(to: context, queue: queue) {
+        let generation = generation
+        let attached = EventAdapter.attach(
+            to: context, queue: queue, maxReplyBytes: options.maxReplyBytes
+        ) { [weak self] kind, message in
+            self?.adapterFailed(kind, message, generation: generation)
+        }
+        switch attached {
         case .success(let attached):
             adapter = attached
         case .failure(let failure):
-            redisAsyncFree(context)
+            freeUnattached(context)
             connectFailed(error(.connectFailed, failure.message))
             return
         }
@@ -310,7 +355,8 @@ final class ConnectionCore: @unchecked Sendable {
 
     private func becameReady() {
         phase = .ready
-        failures = 0
+        readyAt = DispatchTime.now().uptimeNanoseconds
+        answeredSinceReady = false
         lastError = nil
         connectDeadline = .max
         connected.store(true, ordering: .releasing)
@@ -330,6 +376,11 @@ final class ConnectionCore: @unchecked Sendable {
             pending.completion(.failure(failure))
         }
         report(.disconnected(failure))
+        scheduleReconnect()
+    }
+
+    /// Counts one more failure and arms the reconnect after its jittered, capped exponential delay.
+    private func scheduleReconnect() {
         failures += 1
         let initial = Double(options.reconnectInitialDelay.nanoseconds)
         let delay = min(
@@ -342,13 +393,34 @@ final class ConnectionCore: @unchecked Sendable {
         arm(reconnectAt)
     }
 
-    /// A working connection broke (or was dropped on a deadline): report and reconnect at once.
+    /// A working connection broke (or was dropped on a deadline): report, then reconnect. At once
+    /// when it had been working, up for `backoffResetAfter` or answering a command of the
+    /// application's (the backoff starts over), or when nothing failed since the backoff last
+    /// started over; otherwise after the backoff's next delay, as after a failed connect.
     private func connectionLost(_ failure: RedisConnectionError) {
         guard phase != .closed else { return }
         lastError = failure
         connected.store(false, ordering: .releasing)
         report(.disconnected(failure))
-        connect()
+        let uptime = DispatchTime.now().uptimeNanoseconds &- readyAt
+        if answeredSinceReady || uptime >= options.backoffResetAfter.nanoseconds { failures = 0 }
+        if failures == 0 {
+            failures = 1
+            connect()
+        } else {
+            phase = .backoff
+            scheduleReconnect()
+        }
+    }
+
+    /// The adapter gave up on the socket (the watch could not be re-armed, a reply grew too large,
+    /// the server sent what nobody asked for): drop the context and replace the connection.
+    private func adapterFailed(_ kind: RedisConnectionError.Kind, _ message: String, generation: UInt64) {
+        guard generation == self.generation, context != nil, phase != .closed else { return }
+        let failure = error(kind, message)
+        let wasReady = phase == .ready
+        dropContext(failing: failure)
+        if wasReady { connectionLost(failure) } else { connectFailed(failure) }
     }
 
     /// hiredis's connect callback, status ERR: hiredis frees the context when this returns.
@@ -389,6 +461,8 @@ final class ConnectionCore: @unchecked Sendable {
             queue.async {
                 if !adapter.contextFreed { redisAsyncFree(handle.pointer) }
             }
+        } else if let context {
+            freeUnattached(context)
         }
         context = nil
         adapter = nil
@@ -449,6 +523,13 @@ final class ConnectionCore: @unchecked Sendable {
     // MARK: Closing
 
     func close(then completion: (@Sendable () -> Void)?) {
+        if ForkDetector.isForkedChild {
+            // The parent's context, queue and timer: touch none of them, free nothing (freeing a
+            // Dispatch object in a forked child is not safe), and let the socket go with the process.
+            _ = Unmanaged.passRetained(self)
+            completion?()
+            return
+        }
         queue.async {
             if self.phase != .closed {
                 let failure = self.error(.closed, "connection was closed")
@@ -477,8 +558,18 @@ final class ConnectionCore: @unchecked Sendable {
         observer?(state)
     }
 
-    private func error(_ kind: RedisConnectionError.Kind, _ message: String) -> RedisConnectionError {
-        RedisConnectionError(kind, server: serverName, message: message)
+    private func error(
+        _ kind: RedisConnectionError.Kind, _ message: String, outcomeUnknown: Bool? = nil
+    ) -> RedisConnectionError {
+        RedisConnectionError(kind, server: serverName, message: message, outcomeUnknown: outcomeUnknown)
+    }
+
+    /// Frees a context that has no adapter (its cleanup hook is not installed). hiredis 0.14.1
+    /// closes the socket only when its descriptor is above 0 (`if (c->fd > 0)`): a process started
+    /// with standard input closed gets its first socket as descriptor 0, which is closed here.
+    private func freeUnattached(_ context: UnsafeMutablePointer<redisAsyncContext>) {
+        closeDescriptorZero(of: context)
+        redisAsyncFree(context)
     }
 }
 

@@ -25,21 +25,39 @@ final class EventAdapter: @unchecked Sendable {
     private var watch: Watch?
     private var flushScheduled = false
     private var inWriteHandler = false
+    /// Bytes read since the last complete reply, and the most one reply may take.
+    private var bytesSinceReply = 0
+    private let maxReplyBytes: Int
+    /// Told (on `queue`, never inside a hiredis callback) when the adapter gives up on the socket.
+    private let onFailure: (RedisConnectionError.Kind, String) -> Void
+    private var failed = false
     /// Set by hiredis's cleanup hook: hiredis is freeing, or has freed, the context.
     private(set) var contextFreed = false
 
-    private init(context: UnsafeMutablePointer<redisAsyncContext>, queue: DispatchQueue) {
+    private init(
+        context: UnsafeMutablePointer<redisAsyncContext>, queue: DispatchQueue, maxReplyBytes: Int,
+        onFailure: @escaping (RedisConnectionError.Kind, String) -> Void
+    ) {
         self.context = context
         self.queue = queue
+        self.maxReplyBytes = maxReplyBytes
+        self.onFailure = onFailure
     }
 
     /// Installs the adapter's hooks on `context` and starts watching its socket. Call on `queue`.
     /// Fails when the context already has an adapter or its socket cannot be watched (the message
     /// says which). The caller keeps the adapter alive until hiredis has freed the context
     /// (`contextFreed`); hiredis itself holds only an unretained pointer to it.
+    ///
+    /// `onFailure` is called at most once, on `queue` in a turn of its own, when the adapter gives
+    /// up on the socket: its watch could not be re-armed, a reply grew past `maxReplyBytes`, or the
+    /// server sent a reply no command asked for. The adapter has stopped watching by then; the
+    /// caller drops the context.
     static func attach(
         to context: UnsafeMutablePointer<redisAsyncContext>,
-        queue: DispatchQueue
+        queue: DispatchQueue,
+        maxReplyBytes: Int,
+        onFailure: @escaping (RedisConnectionError.Kind, String) -> Void
     ) -> Result<EventAdapter, AttachFailure> {
         guard context.pointee.ev.data == nil else {
             return .failure(AttachFailure(message: "the hiredis context already had an event adapter"))
@@ -50,15 +68,21 @@ final class EventAdapter: @unchecked Sendable {
         case .failure(let failure): return .failure(AttachFailure(message: failure.message))
         }
         // Close-on-exec: a child process the application spawns must not inherit the socket (it
-        // would keep the connection open after we close it).
+        // would keep the connection open after we close it). hiredis 0.14.1 creates the socket
+        // without SOCK_CLOEXEC and has no option for it, so a fork+exec on another thread between
+        // hiredis's socket(2), inside redisAsyncConnect, and this line still inherits it: a window
+        // of microseconds that only the spawning side can close (posix_spawn with
+        // posix_spawn_file_actions_addclosefrom_np, as LocalRedis and `redlock run` do).
         let descriptor = context.pointee.c.fd
         _ = fcntl(descriptor, F_SETFD, fcntl(descriptor, F_GETFD) | FD_CLOEXEC)
-        let adapter = EventAdapter(context: context, queue: queue)
+        let adapter = EventAdapter(
+            context: context, queue: queue, maxReplyBytes: maxReplyBytes, onFailure: onFailure)
         // Writability from the start: it tells when connect(2) completes.
         let watched = watcher.watch(
             descriptor, queue: queue, wantsWrite: true,
             onReadable: { [weak adapter] in adapter?.handleRead() },
-            onWritable: { [weak adapter] in adapter?.handleWrite() })
+            onWritable: { [weak adapter] in adapter?.handleWrite() },
+            onFailure: { [weak adapter] message in adapter?.fail(.connectionLost, message) })
         switch watched {
         case .success(let watch): adapter.watch = watch
         case .failure(let failure): return .failure(AttachFailure(message: failure.message))
@@ -77,8 +101,44 @@ final class EventAdapter: @unchecked Sendable {
     }
 
     private func handleRead() {
-        guard watch != nil else { return }
+        guard let watch, !failed else { return }
+        var available: Int32 = 0
+        if ioctl(watch.descriptor, UInt(FIONREAD), &available) != 0 { available = 0 }
+        // hiredis 0.14.1 is built with assertions (Debian keeps them: libhiredis.so imports
+        // __assert_fail), and asserts that a reply with no callback waiting is an error reply:
+        // anything else from the server while nothing is in flight would abort the process. Peek
+        // at it first and drop the connection instead. (Several replies in one read, more than the
+        // commands in flight, still reach that assert: see RedisConnection's notes.)
+        if available > 0, context.pointee.replies.head == nil {
+            var first: UInt8 = 0
+            if recv(watch.descriptor, &first, 1, Int32(MSG_PEEK)) == 1, first != UInt8(ascii: "-") {
+                fail(.connectionLost, "the server sent \(available) bytes no command asked for")
+                return
+            }
+        }
+        // hiredis reads at most 16 KiB per call.
+        bytesSinceReply += min(Int(available), 16 * 1024)
         redisAsyncHandleRead(context)
+        guard self.watch != nil else { return }
+        if bytesSinceReply > maxReplyBytes, context.pointee.replies.head != nil {
+            fail(
+                .replyTooLarge,
+                "a reply grew past \(maxReplyBytes) bytes (maxReplyBytes); the connection was dropped")
+        }
+    }
+
+    /// A complete reply reached its callback: the next one starts counting from zero.
+    func replyArrived() {
+        bytesSinceReply = 0
+    }
+
+    /// Stops watching the socket at once and tells the owner, in a turn of its own (this may run
+    /// inside a hiredis callback, where the context must not be freed). Once only.
+    private func fail(_ kind: RedisConnectionError.Kind, _ message: String) {
+        guard !failed else { return }
+        failed = true
+        detach()
+        queue.async { self.onFailure(kind, message) }
     }
 
     private func handleWrite() {
@@ -119,6 +179,7 @@ final class EventAdapter: @unchecked Sendable {
     private func cleanup() {
         contextFreed = true
         detach()
+        closeDescriptorZero(of: context)
     }
 
     private func flush() {
@@ -137,4 +198,15 @@ final class EventAdapter: @unchecked Sendable {
 private func adapterFrom(_ pointer: UnsafeMutableRawPointer?) -> EventAdapter? {
     guard let pointer else { return nil }
     return Unmanaged<EventAdapter>.fromOpaque(pointer).takeUnretainedValue()
+}
+
+/// hiredis 0.14.1 closes a context's socket only when its descriptor is above 0 (`if (c->fd > 0)`
+/// in redisFree); in a process started with standard input closed the first socket is descriptor
+/// 0, and would leak. Closes it and marks the context as having none, so nothing closes it twice.
+/// Call only while hiredis is about to free the context (its cleanup hook, or just before
+/// redisAsyncFree).
+func closeDescriptorZero(of context: UnsafeMutablePointer<redisAsyncContext>) {
+    guard context.pointee.c.fd == 0 else { return }
+    close(0)
+    context.pointee.c.fd = -1
 }

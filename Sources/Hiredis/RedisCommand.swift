@@ -48,18 +48,104 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
     /// The number of arguments, command name included.
     public var count: Int { lengths.count }
 
-    /// The command name and arguments, for logs; arguments after `AUTH` are masked.
+    /// The command name and arguments, for logs, with secrets masked as `***`: every argument of
+    /// `AUTH`; the user name and password after `AUTH` in `HELLO`; the password after `AUTH` (one
+    /// argument) or `AUTH2` (two) in `MIGRATE`; the value of `requirepass` and `masterauth` in
+    /// `CONFIG SET`; the password rules of `ACL SETUSER` (`>pass`, `<pass`, `#hash`, `!hash` show as
+    /// `>***` and so on); the value of `auth-pass` in `SENTINEL SET`.
     public var description: String {
         var parts: [String] = []
         var offset = 0
-        var masking = false
         for length in lengths {
-            let text = String(decoding: bytes[offset..<offset + length], as: UTF8.self)
-            parts.append(masking ? "***" : text)
-            if parts.count == 1 { masking = text.uppercased() == "AUTH" }
+            parts.append(String(decoding: bytes[offset..<offset + length], as: UTF8.self))
             offset += length
         }
+        for index in Self.secretIndices(of: parts.map { $0.uppercased() }) {
+            let part = parts[index]
+            if let first = part.first, index > 0, "><#!".contains(first), Self.isACLSetUser(parts) {
+                parts[index] = "\(first)***"
+            } else {
+                parts[index] = "***"
+            }
+        }
         return parts.joined(separator: " ")
+    }
+
+    private static func isACLSetUser(_ parts: [String]) -> Bool {
+        parts.count > 2 && parts[0].uppercased() == "ACL" && parts[1].uppercased() == "SETUSER"
+    }
+
+    /// The positions of the arguments that hold secrets, given the upper-cased arguments.
+    private static func secretIndices(of upper: [String]) -> [Int] {
+        guard let name = upper.first else { return [] }
+        var secrets: [Int] = []
+        switch name {
+        case "AUTH":
+            secrets = Array(upper.indices.dropFirst())
+        case "HELLO", "MIGRATE":
+            var index = 1
+            while index < upper.count {
+                if upper[index] == "AUTH" {
+                    // HELLO … AUTH user pass; MIGRATE … AUTH pass.
+                    let count = name == "HELLO" ? 2 : 1
+                    secrets += (index + 1..<min(index + 1 + count, upper.count))
+                    index += 1 + count
+                } else if name == "MIGRATE", upper[index] == "AUTH2" {
+                    secrets += (index + 1..<min(index + 3, upper.count))
+                    index += 3
+                } else if name == "MIGRATE", upper[index] == "KEYS" {
+                    break
+                } else {
+                    index += 1
+                }
+            }
+        case "CONFIG" where upper.count > 1 && upper[1] == "SET":
+            // CONFIG SET name value [name value …]
+            var index = 2
+            while index + 1 < upper.count {
+                if secretConfigNames.contains(upper[index]) { secrets.append(index + 1) }
+                index += 2
+            }
+        case "ACL" where upper.count > 2 && upper[1] == "SETUSER":
+            for index in upper.indices.dropFirst(3) {
+                if let first = upper[index].first, "><#!".contains(first) { secrets.append(index) }
+            }
+        case "SENTINEL" where upper.count > 1 && upper[1] == "SET":
+            // SENTINEL SET master option value [option value …]
+            var index = 3
+            while index + 1 < upper.count {
+                if upper[index] == "AUTH-PASS" { secrets.append(index + 1) }
+                index += 2
+            }
+        default:
+            break
+        }
+        return secrets
+    }
+
+    private static let secretConfigNames: Set<String> = ["REQUIREPASS", "MASTERAUTH"]
+
+    /// Why this command cannot go through a ``RedisConnection``, or nil when it can.
+    ///
+    /// hiredis 0.14.1 classifies a command by its name after dropping one leading "p" (so
+    /// "PMONITOR" counts as MONITOR), and keeps SUBSCRIBE, UNSUBSCRIBE and MONITOR callbacks apart
+    /// from the reply queue; SSUBSCRIBE (Redis 7) puts the server into pub/sub mode without hiredis
+    /// knowing, and `CLIENT REPLY OFF|SKIP` suppresses replies. Each breaks one-reply-per-command.
+    var unsupportedReason: String? {
+        guard let length = lengths.first, length > 0, length <= 16 else { return nil }
+        var name = String(decoding: bytes[0..<length], as: UTF8.self).lowercased()
+        if name.hasPrefix("p") { name.removeFirst() }
+        switch name {
+        case "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "monitor":
+            return
+                "pub/sub and MONITOR commands are not supported: the connection answers one reply per command"
+        case "client" where lengths.count > 1 && lengths[1] == 5:
+            let sub = String(decoding: bytes[length..<length + 5], as: UTF8.self).lowercased()
+            return sub == "reply"
+                ? "CLIENT REPLY is not supported: the connection answers one reply per command" : nil
+        default:
+            return nil
+        }
     }
 
     /// Appends the command in RESP, the Redis protocol: `*<count>\r\n` then `$<length>\r\n<bytes>\r\n`

@@ -11,10 +11,27 @@ import Synchronization
 /// One connection to one Redis server: a hiredis async context driven by Dispatch.
 ///
 /// Commands may be sent from any thread or task; many can be in flight at once (pipelining), and
-/// their replies come back in order. Every command has a deadline: when one passes, all pending
-/// commands fail with a ``RedisConnectionError/Kind/timeout`` and the connection is replaced.
+/// their replies come back in order, one reply per command. Commands that break that (SUBSCRIBE,
+/// PSUBSCRIBE, SSUBSCRIBE, the UNSUBSCRIBE family, MONITOR, `CLIENT REPLY`; hiredis's leading-"p"
+/// rule included, so "PMONITOR" too) fail with ``RedisConnectionError/Kind/unsupportedCommand``
+/// before anything is sent.
+///
+/// Every command has a deadline. A command whose deadline passes before it is sent (it waited on
+/// the connection's queue, or for the handshake) fails alone with a
+/// ``RedisConnectionError/Kind/timeout`` whose `outcomeUnknown` is false, and the connection is
+/// left alone. When the deadline of a command that *was* sent passes, every command pending on the
+/// connection fails with a timeout (outcome unknown) and the connection is dropped and replaced:
+/// replies come first in, first out and hiredis cannot skip one, so waiting for the late reply
+/// would hold every later command behind it, and a hung (SIGSTOPped) server would hold them
+/// forever. This is what lets a lock client's node timeout replace a connection to a hung server.
+/// So do not mix a blocking command (BLPOP, WAIT, …) with short-deadline commands on one
+/// connection: give it a connection of its own, with a deadline longer than it blocks.
+///
 /// The connection reconnects by itself, with capped exponential backoff and jitter, runs AUTH and
-/// SELECT on every (re)connect, and reports its state to the observer given at creation.
+/// SELECT on every (re)connect, and reports its state to the observer given at creation. A lost
+/// connection that had been working (up for ``RedisConnectionOptions/backoffResetAfter``, or it
+/// answered a command) reconnects at once and the backoff starts over; one lost before either
+/// reconnects at once only the first time, and then backs off as after a failed connect.
 ///
 /// While the connection is being established, commands wait for it (up to their deadline); while
 /// it is down between reconnect attempts, they fail at once with
@@ -27,7 +44,23 @@ import Synchronization
 ///
 /// > Note: while connected, a connection holds one file descriptor, hiredis's socket, close-on-exec:
 /// > a process the application spawns does not inherit it. All connections share one more, the
-/// > socket watcher's epoll instance, and its thread.
+/// > socket watcher's epoll instance, and its thread. hiredis 0.14.1 creates the socket without
+/// > close-on-exec and the connection sets it microseconds later: a fork+exec on another thread in
+/// > between inherits it. Spawn with `posix_spawn_file_actions_addclosefrom_np(3)` (glibc ≥ 2.34),
+/// > as LocalRedis and `redlock run` do, to close that window too. In a process started with
+/// > standard input closed, the socket may be descriptor 0, which hiredis never closes; the
+/// > connection closes it itself.
+///
+/// > Note: after `fork()` without `exec`, the child has this connection but not the threads it runs
+/// > on. In the child, every command fails at once with
+/// > ``RedisConnectionError/Kind/forkedProcess`` (on the caller's thread), creating a connection
+/// > throws it, and `close()` only runs its completion: the parent's connections stay the parent's.
+///
+/// > Note: a reply may hold at most ``RedisConnectionOptions/maxReplyBytes``. Data from the server
+/// > while no command is in flight drops the connection (hiredis 0.14.1, built with assertions as
+/// > Debian ships it, would abort the process on it). What this does not catch: a server that sends
+/// > more replies than it was sent commands within one read reaches hiredis's assertion and aborts
+/// > the process. Talk only to servers you trust, over a network you trust.
 public final class RedisConnection: Sendable {
     /// The server this connection talks to.
     public let server: RedisServer
@@ -47,7 +80,8 @@ public final class RedisConnection: Sendable {
     ///   - onStateChange: called on the connection's own serial queue each time the state changes
     ///     (connected, or disconnected with the reason). It must not block.
     /// - Throws: ``RedisConnectionError`` of kind ``RedisConnectionError/Kind/invalidAddress`` when
-    ///   the address is malformed.
+    ///   the address is malformed, ``RedisConnectionError/Kind/forkedProcess`` in a child made by
+    ///   `fork()` of a process that had connections.
     public init(
         server: RedisServer,
         options: RedisConnectionOptions = .init(),
@@ -59,6 +93,7 @@ public final class RedisConnection: Sendable {
         } catch {
             throw RedisConnectionError(.invalidAddress, server: server.description, message: error.reason)
         }
+        if ForkDetector.isForkedChild { throw ForkDetector.error(server: server.description) }
         ignoreSIGPIPE()
         self.server = server
         self.options = options

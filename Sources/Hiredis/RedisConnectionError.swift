@@ -22,6 +22,17 @@ public struct RedisConnectionError: Error, Sendable, Hashable, CustomStringConve
         case closed
         /// The command itself is unusable (no arguments).
         case invalidCommand
+        /// The command would break the one-reply-per-command matching this connection relies on:
+        /// SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE, the UNSUBSCRIBE family, MONITOR, `CLIENT REPLY`. Refused
+        /// before anything is sent. Use a connection (or client library) made for pub/sub.
+        case unsupportedCommand
+        /// A reply grew past ``RedisConnectionOptions/maxReplyBytes``: the connection was dropped and
+        /// is being replaced. The command ran (it is counted as outcome unknown).
+        case replyTooLarge
+        /// This process is a child made by `fork()` without `exec`: the connection (and the socket
+        /// watcher thread it needs) belong to the parent. Nothing was sent. Create connections after
+        /// `exec`, or in the parent.
+        case forkedProcess
     }
 
     /// What kind of failure this is.
@@ -36,12 +47,13 @@ public struct RedisConnectionError: Error, Sendable, Hashable, CustomStringConve
     /// must then assume it ran. False when the command was never sent.
     public var outcomeUnknown: Bool
 
-    /// An error; `outcomeUnknown` defaults to true for timeouts and lost connections.
+    /// An error; `outcomeUnknown` defaults to true for timeouts, lost connections and replies too large.
     public init(_ kind: Kind, server: String, message: String, outcomeUnknown: Bool? = nil) {
         self.kind = kind
         self.server = server
         self.message = message
-        self.outcomeUnknown = outcomeUnknown ?? (kind == .timeout || kind == .connectionLost)
+        self.outcomeUnknown =
+            outcomeUnknown ?? (kind == .timeout || kind == .connectionLost || kind == .replyTooLarge)
     }
 
     public var description: String {

@@ -8,30 +8,53 @@ public struct RedisConnectionOptions: Sendable, Hashable {
 
     /// How long a command may wait for its reply when the caller gives no timeout. The default is 1 s.
     ///
-    /// When a deadline passes, every pending command fails with a timeout and the connection is
-    /// dropped and replaced: hiredis matches replies first in, first out and cannot cancel one
+    /// A command whose deadline passes before it is sent (it waited on the connection's queue or
+    /// for the handshake) fails alone with a timeout, known not to have run. When the deadline of a
+    /// command already sent passes, every pending command fails with a timeout and the connection
+    /// is dropped and replaced: hiredis matches replies first in, first out and cannot cancel one
     /// command, so a late reply must never meet a later command.
     public var commandTimeout: Duration = .seconds(1)
 
     /// The first delay before reconnecting after a failed connect. The default is 25 ms.
     /// Each further failure doubles it, up to ``reconnectMaxDelay``; each delay is jittered to a
-    /// random value between half and all of it. A successful handshake starts over.
+    /// random value between half and all of it. A connection that stays up for
+    /// ``backoffResetAfter``, or answers a command, starts over.
     public var reconnectInitialDelay: Duration = .milliseconds(25)
 
     /// The longest delay between reconnect attempts. The default is 2 s.
     public var reconnectMaxDelay: Duration = .seconds(2)
+
+    /// How long a connection must have stayed up (through its handshake) for its loss to start the
+    /// backoff over, with an immediate reconnect; a connection that answered a command of the
+    /// application's counts as working too, however short-lived. Any other lost connection
+    /// reconnects at once only when nothing failed since the backoff last started over, and
+    /// otherwise backs off like a failed connect, so a server (or proxy) that accepts and then
+    /// drops connections is not hammered at round-trip rate. The default is 1 s.
+    public var backoffResetAfter: Duration = .seconds(1)
+
+    /// The most bytes one reply may take before the connection gives up on it: the command fails
+    /// with ``RedisConnectionError/Kind/replyTooLarge`` and the connection is dropped and replaced.
+    /// hiredis buffers a bulk string whole before handing it over, so without a cap a broken or
+    /// hostile server could make the client buffer without limit. Counted as the bytes read since
+    /// the last complete reply (to within 16 KiB, hiredis's read size), so it bounds arrays too.
+    /// The default is 64 MiB.
+    public var maxReplyBytes: Int = 64 << 20
 
     /// Options with the defaults; any can be given.
     public init(
         connectTimeout: Duration = .seconds(1),
         commandTimeout: Duration = .seconds(1),
         reconnectInitialDelay: Duration = .milliseconds(25),
-        reconnectMaxDelay: Duration = .seconds(2)
+        reconnectMaxDelay: Duration = .seconds(2),
+        backoffResetAfter: Duration = .seconds(1),
+        maxReplyBytes: Int = 64 << 20
     ) {
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
         self.reconnectInitialDelay = reconnectInitialDelay
         self.reconnectMaxDelay = reconnectMaxDelay
+        self.backoffResetAfter = backoffResetAfter
+        self.maxReplyBytes = maxReplyBytes
     }
 }
 

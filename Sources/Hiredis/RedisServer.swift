@@ -16,7 +16,9 @@
 ///
 /// The password never appears in ``description``, ``debugDescription`` or in a
 /// ``RedisAddressError``: it is always shown as `***`.
-public struct RedisServer: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible {
+public struct RedisServer: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible,
+    CustomReflectable
+{
     /// The port Redis listens on unless told otherwise.
     public static let defaultPort = 6379
 
@@ -862,5 +864,22 @@ extension RedisServer {
             }
             return masked
         }
+    }
+}
+
+extension RedisServer {
+    /// The fields for `dump()`, mirrors and debuggers, with the password shown as `***`.
+    public var customMirror: Mirror {
+        var children: [(label: String?, value: Any)] = []
+        if let unixSocketPath {
+            children.append(("unixSocketPath", unixSocketPath))
+        } else {
+            children.append(("host", host))
+            children.append(("port", port))
+        }
+        if password != nil { children.append(("password", "***")) }
+        if let username { children.append(("username", username)) }
+        if let database { children.append(("database", database)) }
+        return Mirror(self, children: children, displayStyle: .struct)
     }
 }

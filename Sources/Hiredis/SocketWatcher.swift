@@ -1,5 +1,6 @@
 import CEpoll
 import Dispatch
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -16,11 +17,15 @@ import Dispatch
 /// - AddressSanitizer run: SEGV in `_dispatch_unote_unregister_muxed`.
 /// - Refused connects whose event never came (about 1 in 3 with only a write source armed).
 ///
-/// All three fit one defect in libdispatch's `event_epoll.c`: on EPOLLHUP (a reset or refused
-/// socket: what crashed servers and CLIENT KILL produce) it marks the source for deletion, and
-/// the deletion then runs on the source's target queue, not on the manager thread that owns the
-/// unsynchronised registration lists it edits. swift-corelibs-libdispatch issues #949 and #833
-/// (open) report the same family. Watching the socket ourselves takes that code out of the path.
+/// What is known: all three are in libdispatch's epoll bookkeeping (`event_epoll.c`, its
+/// "muxnotes": one per descriptor, shared by the read and the write source), and they came with
+/// sockets that were reset or refused (EPOLLHUP: crashed servers, CLIENT KILL) while sources were
+/// being cancelled and created again. Two open swift-corelibs-libdispatch issues report the same
+/// family: #949, a use-after-free of a muxnote under concurrent source set-up and teardown (the
+/// manager thread crashes on a freed muxnote), and #833, a muxnote reused for a re-added socket
+/// whose epoll update fails (ENOENT, sometimes after EPOLLHUP), so its events are lost. Neither
+/// names the root cause, and we did not find it either. Watching the socket ourselves takes that
+/// code out of the path.
 ///
 /// Lifetimes: a `Watch` is in `table` from `watch(...)` until `Watch.cancel()`, which also removes
 /// it from epoll, synchronously. An event the thread had already collected for a cancelled watch
@@ -49,6 +54,7 @@ final class SocketWatcher: @unchecked Sendable {
     }
 
     private static func start() -> Result<SocketWatcher, WatchFailure> {
+        ForkDetector.install()
         let epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard epollFD >= 0 else {
             return .failure(
@@ -76,14 +82,18 @@ final class SocketWatcher: @unchecked Sendable {
 
     /// Starts watching `descriptor`: readability always, writability while `wantsWrite`. Call on
     /// `queue`; the handlers run there, one event at a time.
+    /// `onFailure` is called, once, when the watch could not be re-armed (epoll_ctl failed): no
+    /// event will come for the socket any more, and the watch is cancelled. It may run inside a
+    /// handler (on `queue`).
     func watch(
         _ descriptor: Int32, queue: DispatchQueue, wantsWrite: Bool,
-        onReadable: @escaping () -> Void, onWritable: @escaping () -> Void
+        onReadable: @escaping () -> Void, onWritable: @escaping () -> Void,
+        onFailure: @escaping (String) -> Void
     ) -> Result<Watch, WatchFailure> {
         let watch = table.withLock { table in
             let watch = Watch(
                 id: table.nextID, descriptor: descriptor, queue: queue, watcher: self, wantsWrite: wantsWrite,
-                onReadable: onReadable, onWritable: onWritable)
+                onReadable: onReadable, onWritable: onWritable, onFailure: onFailure)
             table.nextID += 1
             table.watches[watch.id] = watch
             return watch
@@ -98,11 +108,14 @@ final class SocketWatcher: @unchecked Sendable {
         return .success(watch)
     }
 
-    fileprivate func modify(_ watch: Watch) {
+    /// Re-arms `watch` with its current interest; returns the error text when epoll_ctl fails.
+    /// hiredis closes its socket only after the cleanup hook has cancelled the watch, so this fails
+    /// only when something else closed or replaced the descriptor (ENOENT, EBADF) or the kernel is
+    /// out of memory (ENOMEM): either way no event would ever come.
+    fileprivate func modify(_ watch: Watch) -> String? {
         var event = watch.event()
-        // Fails only if the descriptor is no longer open, which the adapter rules out: hiredis
-        // closes its socket only after the cleanup hook has cancelled the watch.
-        _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, watch.descriptor, &event)
+        guard epoll_ctl(epollFD, EPOLL_CTL_MOD, watch.descriptor, &event) != 0 else { return nil }
+        return "cannot re-arm the socket watch (epoll_ctl): \(String(cString: strerror(errno)))"
     }
 
     fileprivate func remove(_ watch: Watch) {
@@ -153,14 +166,17 @@ final class Watch: @unchecked Sendable {
     private let watcher: SocketWatcher
     private var onReadable: (() -> Void)?
     private var onWritable: (() -> Void)?
+    private var onFailure: ((String) -> Void)?
     private var wantsWrite: Bool
     private var delivering = false
     private(set) var isCancelled = false
 
     fileprivate init(
         id: UInt64, descriptor: Int32, queue: DispatchQueue, watcher: SocketWatcher, wantsWrite: Bool,
-        onReadable: @escaping () -> Void, onWritable: @escaping () -> Void
+        onReadable: @escaping () -> Void, onWritable: @escaping () -> Void,
+        onFailure: @escaping (String) -> Void
     ) {
+        self.onFailure = onFailure
         self.id = id
         self.descriptor = descriptor
         self.queue = queue
@@ -184,7 +200,15 @@ final class Watch: @unchecked Sendable {
         guard !isCancelled, wantsWrite != wanted else { return }
         wantsWrite = wanted
         // While the handlers run, `deliver` re-arms with the new interest when they are done.
-        if !delivering { watcher.modify(self) }
+        if !delivering { rearm() }
+    }
+
+    /// Re-arms the watch; when that fails, cancels it and reports the failure.
+    private func rearm() {
+        guard let failure = watcher.modify(self) else { return }
+        let onFailure = onFailure
+        cancel()
+        onFailure?(failure)
     }
 
     /// Stops the watch, synchronously: no handler runs after this returns, and the descriptor may
@@ -199,6 +223,7 @@ final class Watch: @unchecked Sendable {
         isCancelled = true
         onReadable = nil
         onWritable = nil
+        onFailure = nil
     }
 
     /// Runs the handlers for one event, then re-arms. An error or hang-up goes to both handlers
@@ -215,6 +240,35 @@ final class Watch: @unchecked Sendable {
             onReadable?()
         }
         delivering = false
-        if !isCancelled { watcher.modify(self) }
+        if !isCancelled { rearm() }
+    }
+}
+
+/// Knows whether this process is a child made by `fork()` (without `exec`) of a process that had
+/// started the socket watcher.
+///
+/// Such a child has the parent's connections, but not the watcher thread, nor Dispatch's worker
+/// threads (only the forking thread survives a fork): its connections would wait for events that
+/// never come. They fail fast instead: every command fails at once with
+/// ``RedisConnectionError/Kind/forkedProcess``, on the caller's thread, and creating a connection
+/// throws that error. No fresh watcher is started, because the connections also run on Dispatch
+/// queues, which a forked child of a multithreaded process cannot use safely.
+enum ForkDetector {
+    private static let forked = Atomic<Bool>(false)
+
+    /// Registers the fork handler; runs once, when the watcher starts (a fork before that leaves no
+    /// connection behind).
+    static func install() {
+        pthread_atfork(nil, nil) { ForkDetector.forked.store(true, ordering: .relaxed) }
+    }
+
+    static var isForkedChild: Bool { forked.load(ordering: .relaxed) }
+
+    static func error(server: String) -> RedisConnectionError {
+        RedisConnectionError(
+            .forkedProcess, server: server,
+            message:
+                "this process was forked (without exec) after connecting: connections cannot be used in the child",
+            outcomeUnknown: false)
     }
 }

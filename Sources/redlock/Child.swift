@@ -44,6 +44,20 @@ final class Child: Sendable {
         onExit: @escaping @Sendable (Int32) -> Void
     ) throws(SpawnFailure) -> Child {
         closeOnExec(except: inheritedDescriptors)
+        // Marking is not enough on its own: a connection that (re)connects on another thread
+        // between the marking and the spawn has a socket that is not close-on-exec yet. Have the
+        // child close everything it should not inherit, whenever it was opened.
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let addCloseFrom {
+            let highest = inheritedDescriptors.max() ?? 2
+            for descriptor in 3..<max(3, highest) where !inheritedDescriptors.contains(descriptor) {
+                // glibc ignores EBADF here: the descriptor need not be open.
+                posix_spawn_file_actions_addclose(&actions, descriptor)
+            }
+            _ = addCloseFrom(&actions, max(3, highest + 1))
+        }
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -63,7 +77,7 @@ final class Child: Sendable {
             for pointer in envp { free(pointer) }
         }
         var pid: pid_t = 0
-        let code = posix_spawnp(&pid, arguments[0], nil, &attributes, argv, envp)
+        let code = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp)
         guard code == 0 else { throw SpawnFailure(command: arguments[0], code: code) }
         let child = Child(pid: pid)
         Thread.detachNewThread { child.wait(then: onExit) }
@@ -123,3 +137,15 @@ final class Child: Sendable {
         }
     }
 }
+
+private typealias AddCloseFrom =
+    @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32
+
+/// glibc ≥ 2.34 (bookworm has 2.36) has posix_spawn_file_actions_addclosefrom_np, but its header
+/// declaration is not visible to Swift, so it is looked up at run time. Nil on older C libraries.
+private let addCloseFrom: AddCloseFrom? = {
+    guard let handle = dlopen(nil, RTLD_NOW),
+        let symbol = dlsym(handle, "posix_spawn_file_actions_addclosefrom_np")
+    else { return nil }
+    return unsafeBitCast(symbol, to: AddCloseFrom.self)
+}()

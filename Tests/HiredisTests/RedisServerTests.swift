@@ -404,3 +404,20 @@ func validateAccepts(server: RedisServer) throws {
     #expect(try RedisServer(parsing: "redis://:a@h") != RedisServer(parsing: "redis://:b@h"))
     #expect(RedisServer(unixSocket: "/a") != RedisServer(host: "a"))
 }
+
+@Test func dumpHidesThePassword() throws {
+    let secret = "s3cret-Pa55word"
+    var dumped = ""
+    dump(RedisServer(host: "h", port: 6380, password: secret, username: "alice", database: 2), to: &dumped)
+    #expect(!dumped.contains(secret), "\(dumped)")
+    #expect(dumped.contains("password: \"***\""))
+    #expect(
+        dumped.contains("host: \"h\"") && dumped.contains("port: 6380")
+            && dumped.contains("username: \"alice\""))
+
+    var parsed = ""
+    dump(try RedisServer(parsing: "redis://alice:\(secret)@h:6380/2"), to: &parsed)
+    #expect(!parsed.contains(secret), "\(parsed)")
+    let mirror = Mirror(reflecting: RedisServer(unixSocket: "/tmp/r.sock", password: secret))
+    #expect(!mirror.children.contains { "\($0.value)".contains(secret) })
+}

@@ -155,6 +155,50 @@ struct ReplyTests {
         #expect(!appended.description.contains(password))
     }
 
+    @Test func descriptionMasksPasswordsInOtherCommands() {
+        let secret = "s3cret-Pa55word"
+        let commands: [(RedisCommand, String)] = [
+            (["HELLO", "3", "AUTH", "alice", secret, "SETNAME", "app"], "HELLO 3 AUTH *** *** SETNAME app"),
+            (["hello", "2", "auth", "alice", secret], "hello 2 auth *** ***"),
+            (["CONFIG", "SET", "requirepass", secret], "CONFIG SET requirepass ***"),
+            (
+                ["config", "set", "maxmemory", "1mb", "masterauth", secret],
+                "config set maxmemory 1mb masterauth ***"
+            ),
+            (
+                [
+                    "ACL", "SETUSER", "bob", "on", ">" + secret, "<" + secret, "#" + secret, "!" + secret,
+                    "~*", "+get",
+                ],
+                "ACL SETUSER bob on >*** <*** #*** !*** ~* +get"
+            ),
+            (
+                ["MIGRATE", "h", "6379", "", "0", "5000", "COPY", "AUTH", secret, "KEYS", "k1", "AUTH"],
+                "MIGRATE h 6379  0 5000 COPY AUTH *** KEYS k1 AUTH"
+            ),
+            (
+                ["MIGRATE", "h", "6379", "k", "0", "5000", "AUTH2", "alice", secret],
+                "MIGRATE h 6379 k 0 5000 AUTH2 *** ***"
+            ),
+            (["SENTINEL", "SET", "mymaster", "auth-pass", secret], "SENTINEL SET mymaster auth-pass ***"),
+        ]
+        for (command, expected) in commands {
+            #expect(!command.description.contains(secret), "\(command)")
+            #expect(command.description == expected)
+        }
+        // Look-alikes stay whole.
+        #expect(RedisCommand(["CONFIG", "GET", "requirepass"]).description == "CONFIG GET requirepass")
+        #expect(RedisCommand(["SET", ">k", "#v"]).description == "SET >k #v")
+    }
+
+    @Test func formatBufferIsNULTerminatedPastTheCommand() {
+        var buffer: [UInt8] = []
+        // A long command first leaves stale bytes in the reused buffer.
+        ConnectionCore.formatForHiredis(["SET", "key", String(repeating: "x", count: 100)], into: &buffer)
+        ConnectionCore.formatForHiredis(["PING"], into: &buffer)
+        #expect(buffer == Array("*1\r\n$4\r\nPING\r\n".utf8) + [0])
+    }
+
     @Test func descriptionShowsOtherCommandsWhole() {
         let command: RedisCommand = ["SET", "key", "AUTH"]
         #expect(command.description == "SET key AUTH")

@@ -252,7 +252,7 @@ extension NodeFailure {
         let kind: Kind =
             switch error.kind {
             case .timeout: .timeout
-            case .connectionLost: .connectionLost
+            case .connectionLost, .replyTooLarge: .connectionLost  // the command ran
             case .closed: .closed
             default: .unreachable
             }

@@ -26,7 +26,7 @@ public struct RedlockOptions: Sendable {
 
     /// How long one node may take to answer one command before it counts as failed (and its
     /// connection is replaced). A hung node delays a decision by at most this much. The default is
-    /// 100 ms; keep it small against the ttl. At least 1 ms, at most 100 years. Positive, at most 100 years.
+    /// 100 ms; keep it small against the ttl. At least 1 ms, at most 100 years.
     public var nodeTimeout: Duration
 
     /// Connect timeout and reconnect backoff of each node's connection. The defaults are

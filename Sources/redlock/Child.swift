@@ -26,8 +26,10 @@ struct SpawnFailure: Error {
     }
 }
 
-/// A running COMMAND. Signals are sent only until the child has exited: it is not reaped before
-/// `exited` is set, so its pid cannot have been reused by another process.
+/// A running COMMAND, in a process group of its own (as timeout(1) runs its command), so that a
+/// signal reaches every process it started, such as the programs a `sh -c` script runs. Signals are
+/// sent only until the child has exited: it is not reaped before `exited` is set, so its pid (the
+/// group's id) cannot have been reused by another process.
 final class Child: Sendable {
     let pid: pid_t
     private let exited = Mutex(false)
@@ -54,7 +56,10 @@ final class Child: Sendable {
         sigemptyset(&defaults)
         for signal in SignalCenter.shared.startupDefaults { sigaddset(&defaults, signal) }
         posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // A new process group, whose id is the child's pid.
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(
+            &attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
 
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -70,10 +75,11 @@ final class Child: Sendable {
         return child
     }
 
-    /// Sends `signal` unless the child has exited.
+    /// Sends `signal` to COMMAND's process group (COMMAND and every process it started that stayed
+    /// in its group) unless COMMAND has exited.
     func send(_ signal: Int32) {
         exited.withLock { exited in
-            if !exited { kill(pid, signal) }
+            if !exited { kill(-pid, signal) }
         }
     }
 

@@ -165,6 +165,13 @@ struct Run: AsyncParsableCommand {
             2 s later) and redlock exits 124. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND, and the \
             lock is released once it exits. Nothing is printed on standard output but COMMAND's own.
 
+            COMMAND runs in a process group of its own, as with timeout(1): the signals go to that group, \
+            so they also reach the programs a script started. Like timeout(1)'s, the group is not the \
+            terminal's foreground group: COMMAND cannot read from the terminal.
+
+            COMMAND's environment is redlock's without $REDLOCK_PASSWORD, and without $REDLOCK_SERVERS \
+            when that holds a password: --pass-env passes them on.
+
             \(optionsNote)
             """)
 
@@ -176,6 +183,13 @@ struct Run: AsyncParsableCommand {
 
     @Argument(parsing: .postTerminator, help: "The command to run, after --, and its arguments.")
     var command: [String] = []
+
+    @Flag(
+        name: .customLong("pass-env"),
+        help: ArgumentHelp(
+            "Give COMMAND $REDLOCK_PASSWORD and a $REDLOCK_SERVERS that holds passwords (both are removed"
+                + " from its environment by default)."))
+    var passEnvironment = false
 
     func validate() throws {
         guard !command.isEmpty else {
@@ -189,7 +203,8 @@ struct Run: AsyncParsableCommand {
         let inherited = Child.openDescriptors()
         let status = try await Session.with(settings) { session in
             try await Supervisor(
-                session: session, resource: resource, command: command, inheritedDescriptors: inherited
+                session: session, resource: resource, command: command, inheritedDescriptors: inherited,
+                passCredentials: passEnvironment
             ).run()
         }
         throw ToolExit(status)

@@ -153,9 +153,9 @@ enum ServerList {
             (source, list) = ("the default server list", defaultList)
         }
         let password = environment["REDLOCK_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
-        Redactor.shared.add(password)
         var servers: [RedisServer] = []
-        let entries = list.split(separator: ",", omittingEmptySubsequences: false)
+        // A comma inside a password's user info does not split the entry (RedisServer.splitList).
+        let entries = RedisServer.splitList(list)
         for (index, entry) in entries.enumerated() {
             guard !entry.allSatisfy({ $0.isWhitespace }) else {
                 throw ValidationError(
@@ -163,8 +163,7 @@ enum ServerList {
                         + " (a password with a comma must write it as %2C)")
             }
             do {
-                var server = try RedisServer(parsing: String(entry))
-                Redactor.shared.add(server.password)
+                var server = try RedisServer(parsing: entry)
                 if server.password == nil, let password {
                     server.password = password
                 }

@@ -21,6 +21,8 @@ struct Supervisor {
     let command: [String]
     /// The descriptors the tool was started with: COMMAND inherits those and no others.
     let inheritedDescriptors: Set<Int32>
+    /// `--pass-env`: COMMAND also gets `REDLOCK_PASSWORD` and a `REDLOCK_SERVERS` with passwords.
+    var passCredentials = false
 
     private enum Event: Sendable {
         case exited(Int32)
@@ -49,7 +51,7 @@ struct Supervisor {
             return interrupted()
         }
 
-        var environment = Environment.current
+        var environment = ChildEnvironment.make(from: Environment.current, passCredentials: passCredentials)
         environment["REDLOCK_RESOURCE"] = resource
         environment["REDLOCK_VALUE"] = acquired.value
         if let token = acquired.fencingToken { environment["REDLOCK_FENCING_TOKEN"] = String(token) }

@@ -21,7 +21,7 @@ struct RedlockCommand: AsyncParsableCommand {
 
             A password comes from the address (redis://:PASSWORD@host) or from $REDLOCK_PASSWORD, \
             which applies to every server without one. Prefer the variable: command lines are visible \
-            to other users. A password is never printed. Write a comma in a password as %2C.
+            to other users. A password is never printed. A comma in a password needs no escaping.
 
             EXIT STATUS
               0      success; run: COMMAND's own status

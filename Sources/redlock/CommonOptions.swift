@@ -159,8 +159,7 @@ enum ServerList {
         for (index, entry) in entries.enumerated() {
             guard !entry.allSatisfy({ $0.isWhitespace }) else {
                 throw ValidationError(
-                    "\(source): address \(index + 1) of \(entries.count) is empty"
-                        + " (a password with a comma must write it as %2C)")
+                    "\(source): address \(index + 1) of \(entries.count) is empty")
             }
             do {
                 var server = try RedisServer(parsing: entry)

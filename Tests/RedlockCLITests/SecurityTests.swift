@@ -250,6 +250,31 @@ struct SecurityTests {
             Redactor.redact(text)
                 == #"Unexpected argument 'redis://:***@h:1,unix://u:***@/tmp/s' and (redis://:***@h)"#)
     }
+
+    // MARK: - What the Makefile installs
+
+    /// `make` and `make build` install nothing; `make test` and `make demo` still do all the set-up.
+    @Test func onlyTheSetUpTargetsInstall() async throws {
+        let package = ((#filePath as NSString).deletingLastPathComponent as NSString)
+            .deletingLastPathComponent
+        let root = (package as NSString).deletingLastPathComponent
+        func dryRun(_ arguments: [String]) async throws -> String {
+            let process = try Subprocess(
+                "/usr/bin/make", ["-n", "-C", root] + arguments, environment: redlockEnvironment())
+            #expect(await process.wait() == 0, "make -n \(arguments): \(process.stderr)")
+            return process.stdout
+        }
+        for target in [[], ["build"]] {
+            let plan = try await dryRun(target)
+            #expect(plan.contains("swift build"), "make -n \(target): \(plan)")
+            let installs = plan.contains("apt-get install") || plan.contains("apt-get update")
+            #expect(!installs, "make \(target) would install: \(plan)")
+        }
+        for target in ["test", "demo"] {
+            #expect(
+                try await dryRun([target]).contains("apt-get install"), "make \(target) no longer sets up")
+        }
+    }
 }
 
 // MARK: - Helpers

@@ -166,8 +166,8 @@ struct Run: AsyncParsableCommand {
             lock is released once it exits. Nothing is printed on standard output but COMMAND's own.
 
             COMMAND runs in a process group of its own, as with timeout(1): the signals go to that group, \
-            so they also reach the programs a script started. Like timeout(1)'s, the group is not the \
-            terminal's foreground group: COMMAND cannot read from the terminal.
+            so they also reach the programs a script started. In the foreground of a terminal, that group \
+            gets the terminal while COMMAND runs.
 
             COMMAND's environment is redlock's without $REDLOCK_PASSWORD, and without $REDLOCK_SERVERS \
             when that holds a password: --pass-env passes them on.

@@ -147,7 +147,16 @@ enum ArgvScrubber {
         let argv = CommandLine.unsafeArgv
         for index in 1..<Int(CommandLine.argc) {
             guard let argument = argv[index] else { continue }
-            for range in RedisServer.passwordRanges(inText: String(cString: argument)) {
+            let length = strlen(argument)
+            guard let text = String(validatingCString: argument) else {
+                // Not UTF-8 (the offsets of a repaired copy would not match): hide all of an
+                // argument that may hold user info.
+                if memchr(argument, Int32(UInt8(ascii: "@")), length) != nil {
+                    memset(argument, Int32(UInt8(ascii: "*")), length)
+                }
+                continue
+            }
+            for range in RedisServer.passwordRanges(inText: text) where range.upperBound <= length {
                 for offset in range { argument[offset] = CChar(bitPattern: UInt8(ascii: "*")) }
             }
         }

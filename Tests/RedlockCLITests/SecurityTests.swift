@@ -103,6 +103,28 @@ struct SecurityTests {
         #expect(try await servers.values(of: "group") == [nil, nil, nil], "the lock is released")
     }
 
+    /// In a terminal's foreground (here a pseudo-terminal from script(1)), COMMAND's group gets the
+    /// terminal while COMMAND runs: COMMAND reads from it (in a background group the read would stop
+    /// it with SIGTTIN, and `redlock` would hold the lock for ever), and `redlock` takes it back after.
+    @Test func inATerminalTheCommandCanStillReadFromIt() async throws {
+        let script = "/usr/bin/script"
+        try #require(
+            FileManager.default.isExecutableFile(atPath: script), "script(1) (util-linux) is missing")
+        let servers = try await Servers.start()
+        defer { servers.stopInBackground() }
+        let inner =
+            "'\(try RedlockBinary.require())' --servers \(servers.list) run tty -- sh -c 'read line; echo got:$line';"
+            + " echo status:$?"
+        // timeout(1) ends script(1), and with its terminal everything in it, should COMMAND hang.
+        let process = try Subprocess(
+            "/bin/sh", ["-c", #"printf 'hello\n' | timeout -s KILL 20 \#(script) -qec "$INNER" /dev/null"#],
+            environment: redlockEnvironment(["INNER": inner]))
+        #expect(await process.wait(timeout: .seconds(40)) == 0, "\(process.stdout) \(process.stderr)")
+        #expect(process.stdout.contains("got:hello"), "\(process.stdout) \(process.stderr)")
+        #expect(process.stdout.contains("status:0"), "\(process.stdout) \(process.stderr)")
+        #expect(try await servers.values(of: "tty") == [nil, nil, nil], "the lock is released")
+    }
+
     /// A shell that starts a sleeper in the background, says where it is, and waits for it.
     private let sleeperScript = #"sleep 300 & echo $! > "$PID_FILE"; echo ready; wait"#
 

@@ -20,20 +20,24 @@ TMPROOT      ?= /tmp
 
 all: build
 
-## deps: install what is missing (libhiredis-dev, redis-server, redis-tools) with apt-get
+## deps: install what is missing (libhiredis-dev, redis-server, redis-tools) with apt-get (sudo when
+## not root). Debian's redis-server package also enables and starts its system service on
+## 127.0.0.1:6379 (no password); the Makefile leaves that service alone (README, Security).
 deps:
 	@missing=""; \
 	[ -f /usr/include/hiredis/async.h ] || missing="$$missing libhiredis-dev"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	{ command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1; } || missing="$$missing redis-tools"; \
 	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
+		echo "installing with apt-get$(if $(SUDO), (sudo)):$$missing"; \
+		case "$$missing" in *redis-server*) echo "note: the redis-server package starts a system service on 127.0.0.1:6379 without a password (README, Security)";; esac; \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 
-## build: debug build of everything
-build: deps
+## build: debug build of everything; installs nothing (on a fresh machine run `make deps` first)
+build:
+	@[ -f /usr/include/hiredis/async.h ] || { echo "build: hiredis headers are missing: run 'make deps' (installs libhiredis-dev, redis-server, redis-tools with apt-get)" >&2; exit 1; }
 	$(SWIFT) build
 
 ## test: lint, then the whole suite against redis-servers the tests start on free 127.0.0.1 ports
@@ -95,9 +99,9 @@ churn: deps
 	MULTIREDLOCK_TEST_DIR="$$root" MULTIREDLOCK_CHURN_SECONDS="$(CHURN_SECONDS)" $(SWIFT) test --filter SocketChurnTests
 
 ## verify: model-check the fencing-token protocol with spin (Tests/Model/fencing.pml); the broken
-## variant without write-back must produce a counterexample
+## variant without write-back must produce a counterexample. Installs spin with apt-get when missing.
 verify:
-	@command -v spin >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y spin; }
+	@command -v spin >/dev/null 2>&1 || { echo "installing with apt-get$(if $(SUDO), (sudo)): spin"; $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y spin; }
 	@dir=$$(mktemp -d $(TMPROOT)/multiredlock-verify.XXXXXX); trap 'rm -rf "'"$$dir"'"' EXIT; \
 	cp Tests/Model/fencing.pml "$$dir"/ && cd "$$dir" && \
 	echo "== spin: the protocol (tokens strictly increase for later attempts)" && \

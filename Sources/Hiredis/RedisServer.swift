@@ -176,6 +176,11 @@ public struct RedisServer: Sendable, Hashable, CustomStringConvertible, CustomDe
     static func maskingPasswords(in address: String) -> String {
         Syntax.maskingPasswords(in: address)
     }
+
+    /// The UTF-8 offsets in `address` that ``maskingPasswords(in:)`` replaces with `***`.
+    static func passwordRanges(in address: String) -> [Range<Int>] {
+        Syntax.secretRanges(in: Array(address.utf8)[...])
+    }
 }
 
 /// Why a Redis address is invalid.
@@ -801,18 +806,30 @@ extension RedisServer {
         static func maskingPasswords(in address: String) -> String {
             let bytes = Array(address.utf8)[...]
             var masked: [UInt8] = []
+            var index = bytes.startIndex
+            for range in secretRanges(in: bytes) {
+                masked += bytes[index..<range.lowerBound]
+                masked += "***".utf8
+                index = range.upperBound
+            }
+            masked += bytes[index...]
+            return text(masked[...])
+        }
+
+        /// Where a password (or a query or fragment value) may be in `bytes`, in order; a range may
+        /// be empty (an empty password is still shown as `***`).
+        static func secretRanges(in bytes: Bytes) -> [Range<Int>] {
             var body = bytes
             if let (_, rest) = splitScheme(bytes) {
-                masked += bytes[..<rest.startIndex]
                 body = rest
             } else if let rest = droppingUnixPrefix(bytes) {
-                masked += bytes[..<rest.startIndex]
                 body = rest
                 if rest.first == ASCII.slash {
                     // unix:/path has no user info; a '@' there belongs to the path.
-                    return text((masked + maskingQuery(body))[...])
+                    return queryRanges(body)
                 }
             }
+            var ranges: [Range<Int>] = []
             // Everything before the last '@' may be user info, as in parseRedisURL.
             if let at = body.lastIndex(of: ASCII.at) {
                 let userInfo = body[..<at]
@@ -821,48 +838,40 @@ extension RedisServer {
                         $0 == ASCII.slash || $0 == ASCII.question || $0 == ASCII.hash
                     })
                 {
-                    masked += userInfo[...colon]
-                    masked += "***".utf8
+                    ranges.append((colon + 1)..<at)
                 } else if !userInfo.isEmpty {
                     // No ':' (redis-cli would read a password), or not user info at all.
-                    masked += "***".utf8
+                    ranges.append(userInfo.startIndex..<at)
                 }
-                masked.append(ASCII.at)
                 body = body[body.index(after: at)...]
             }
-            return text((masked + maskingQuery(body))[...])
+            return ranges + queryRanges(body)
         }
 
-        /// `bytes` with each query value (and any fragment) replaced by `***`.
-        static func maskingQuery(_ bytes: Bytes) -> [UInt8] {
+        /// Where each query value (and any fragment) is in `bytes`.
+        static func queryRanges(_ bytes: Bytes) -> [Range<Int>] {
             guard let start = bytes.firstIndex(where: { $0 == ASCII.question || $0 == ASCII.hash }) else {
-                return Array(bytes)
+                return []
             }
-            var masked = Array(bytes[..<start])
+            var ranges: [Range<Int>] = []
             var rest = bytes[start...]
             if rest.first == ASCII.question {
                 let end = rest.firstIndex(of: ASCII.hash) ?? rest.endIndex
                 let items = rest[rest.index(after: start)..<end].split(
                     separator: ASCII.ampersand, omittingEmptySubsequences: false)
-                masked.append(ASCII.question)
-                for (index, item) in items.enumerated() {
-                    if index > 0 {
-                        masked.append(ASCII.ampersand)
-                    }
+                for item in items {
                     if let equals = item.firstIndex(of: ASCII.equals) {
-                        masked += item[...equals]
-                        masked += "***".utf8
+                        ranges.append((equals + 1)..<item.endIndex)
                     } else if !item.isEmpty {
-                        masked += "***".utf8
+                        ranges.append(item.startIndex..<item.endIndex)
                     }
                 }
                 rest = rest[end...]
             }
             if !rest.isEmpty {
-                masked.append(ASCII.hash)
-                masked += "***".utf8
+                ranges.append((rest.startIndex + 1)..<rest.endIndex)
             }
-            return masked
+            return ranges
         }
     }
 }

@@ -274,14 +274,14 @@ struct Bench: Sendable {
         let holdTotal = tally.holds.reduce(0.0) { $0 + Double($1.end - $1.start) }
         measurement.holdMeanMicroseconds =
             tally.holds.isEmpty ? 0 : holdTotal / Double(tally.holds.count) / 1000
-        let path =
-            "\(configuration.outDirectory)/contention-\(configuration.runID)-n\(configuration.servers.count).txt"
         let lines = tally.holds.sorted { $0.start < $1.start }.map { "\($0.start) \($0.end)" }
-        if let problem = writeLines(lines, to: path) {
+        let name = "contention-\(configuration.runID)-n\(configuration.servers.count).txt"
+        let path = outputDirectory().map { $0 + "/" + name }
+        if let problem = path.map({ writeLines(lines, to: $0) }) ?? "cannot make a private output directory" {
             log("contention: \(problem)")
             measurement.intervalsFile = ""
         } else {
-            measurement.intervalsFile = path
+            measurement.intervalsFile = path ?? ""
         }
         return measurement
     }

@@ -96,7 +96,12 @@ struct RedlockBench: ParsableCommand {
     @Option(name: .customLong("key-prefix"), help: "Prefix of every key. Env: REDLOCK_BENCH_KEY_PREFIX.")
     var keyPrefix: String?
 
-    @Option(name: .customLong("out-dir"), help: "Where files are written. Env: REDLOCK_BENCH_OUT_DIR.")
+    @Option(
+        name: .customLong("out-dir"),
+        help: """
+            Where files are written (default: a new directory only this user can read, \
+            $TMPDIR/redlock-bench-XXXXXX). Env: REDLOCK_BENCH_OUT_DIR.
+            """)
     var outDirectory: String?
 
     @Option(
@@ -149,11 +154,12 @@ struct RedlockBench: ParsableCommand {
         let environment = Environment()
         let serverList = try environment.pick(servers, "REDLOCK_BENCH_SERVERS", "127.0.0.1:6379")
         var parsedServers: [RedisServer] = []
-        for address in serverList.split(separator: ",").map({ String($0) }) where !address.isEmpty {
+        // A comma in a password does not split an address; the error shows the address masked.
+        for address in RedisServer.splitList(serverList) where !address.isEmpty {
             do {
                 parsedServers.append(try RedisServer(parsing: address))
             } catch {
-                throw ValidationError("bad server address \(address.debugDescription): \(error)")
+                throw ValidationError("bad server address: \(error)")
             }
         }
         guard !parsedServers.isEmpty else { throw ValidationError("no server given") }
@@ -189,7 +195,7 @@ struct RedlockBench: ParsableCommand {
             holdMilliseconds: try environment.pick(holdMilliseconds, "REDLOCK_BENCH_HOLD_MS", 1),
             holdMode: hold,
             keyPrefix: try environment.pick(keyPrefix, "REDLOCK_BENCH_KEY_PREFIX", "redlock-bench:"),
-            outDirectory: try environment.pick(outDirectory, "REDLOCK_BENCH_OUT_DIR", "/tmp"),
+            outDirectory: try environment.pick(outDirectory, "REDLOCK_BENCH_OUT_DIR", ""),
             nodeTimeoutMilliseconds: try environment.pick(
                 nodeTimeoutMilliseconds, "REDLOCK_BENCH_NODE_TIMEOUT_MS", 1000),
             maxCycles: try environment.pick(maxCycles, "REDLOCK_BENCH_MAX_CYCLES", 5_000_000),
@@ -216,6 +222,7 @@ struct BenchConfiguration: Sendable {
     var holdMilliseconds: Double
     var holdMode: HoldMode
     var keyPrefix: String
+    /// Where files are written; empty for a private directory made when the first file is.
     var outDirectory: String
     var nodeTimeoutMilliseconds: Int
     var maxCycles: Int

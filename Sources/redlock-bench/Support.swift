@@ -134,15 +134,36 @@ private func writeAll(_ text: String, to fd: Int32) {
     }
 }
 
-/// Writes `lines` to a new file at `path`; returns an error text when it cannot.
+/// Writes `lines` to a new file at `path`, readable by this user only; returns an error text when it
+/// cannot. The file must not exist yet, and a symbolic link at `path` is not followed (O_EXCL,
+/// O_NOFOLLOW): in a shared directory nobody can make this write to a file of their choosing.
 func writeLines(_ lines: [String], to path: String) -> String? {
-    guard let file = fopen(path, "w") else {
-        return "cannot create \(path): \(String(cString: strerror(errno)))"
+    let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+    guard descriptor >= 0, let file = fdopen(descriptor, "w") else {
+        let reason = String(cString: strerror(errno))
+        return "cannot create \(path): \(reason)"
     }
     var ok = true
     for line in lines where fputs(line + "\n", file) < 0 { ok = false }
     if fclose(file) != 0 { ok = false }
     return ok ? nil : "cannot write \(path): \(String(cString: strerror(errno)))"
+}
+
+/// A directory made for this run's files, readable by this user only ($TMPDIR/redlock-bench-XXXXXX,
+/// mode 0700), made once when first asked for; nil when it cannot be made.
+let privateOutputDirectory: String? = {
+    let base = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+    var template = Array((base + "/redlock-bench-XXXXXX").utf8CString)
+    return template.withUnsafeMutableBufferPointer { buffer in
+        mkdtemp(buffer.baseAddress!).map { String(cString: $0) }
+    }
+}()
+
+extension Bench {
+    /// `--out-dir`, else the run's private directory.
+    func outputDirectory() -> String? {
+        configuration.outDirectory.isEmpty ? privateOutputDirectory : configuration.outDirectory
+    }
 }
 
 /// Eight random hex characters, to keep keys and files of one run apart from any other's.

@@ -26,14 +26,24 @@ struct SpawnFailure: Error {
     }
 }
 
-/// A running COMMAND. Signals are sent only until the child has exited: it is not reaped before
-/// `exited` is set, so its pid cannot have been reused by another process.
+/// A running COMMAND, in a process group of its own (as timeout(1) runs its command), so that a
+/// signal reaches every process it started, such as the programs a `sh -c` script runs. Signals are
+/// sent only until the child has exited: it is not reaped before `exited` is set, so its pid (the
+/// group's id) cannot have been reused by another process.
+///
+/// When `redlock` runs in the foreground of a terminal (standard input is the terminal and its
+/// process group is the terminal's foreground group), COMMAND's group gets the foreground for as long
+/// as COMMAND runs, so that COMMAND can read from the terminal and the terminal's Ctrl-C reaches
+/// every process of the group; the foreground comes back to `redlock` when COMMAND exits.
 final class Child: Sendable {
     let pid: pid_t
     private let exited = Mutex(false)
+    /// COMMAND's group has the terminal's foreground.
+    private let holdsTerminal: Bool
 
-    private init(pid: pid_t) {
+    private init(pid: pid_t, holdsTerminal: Bool) {
         self.pid = pid
+        self.holdsTerminal = holdsTerminal
     }
 
     /// Starts `arguments` (looked up in PATH) with `environment`, the signal mask and the signal
@@ -68,7 +78,10 @@ final class Child: Sendable {
         sigemptyset(&defaults)
         for signal in SignalCenter.shared.startupDefaults { sigaddset(&defaults, signal) }
         posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // A new process group, whose id is the child's pid.
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(
+            &attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
 
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -76,18 +89,24 @@ final class Child: Sendable {
             for pointer in argv { free(pointer) }
             for pointer in envp { free(pointer) }
         }
+        let inForeground = isatty(STDIN_FILENO) != 0 && tcgetpgrp(STDIN_FILENO) == getpgrp()
         var pid: pid_t = 0
         let code = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp)
         guard code == 0 else { throw SpawnFailure(command: arguments[0], code: code) }
-        let child = Child(pid: pid)
+        // Still the foreground group, so no SIGTTOU. A COMMAND that read from the terminal before
+        // this stopped (SIGTTIN): SIGCONT lets it go on, and does nothing to one that did not.
+        let holdsTerminal = inForeground && tcsetpgrp(STDIN_FILENO, pid) == 0
+        if holdsTerminal { kill(-pid, SIGCONT) }
+        let child = Child(pid: pid, holdsTerminal: holdsTerminal)
         Thread.detachNewThread { child.wait(then: onExit) }
         return child
     }
 
-    /// Sends `signal` unless the child has exited.
+    /// Sends `signal` to COMMAND's process group (COMMAND and every process it started that stayed
+    /// in its group) unless COMMAND has exited.
     func send(_ signal: Int32) {
         exited.withLock { exited in
-            if !exited { kill(pid, signal) }
+            if !exited { kill(-pid, signal) }
         }
     }
 
@@ -98,9 +117,22 @@ final class Child: Sendable {
             while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
         #endif
         exited.withLock { $0 = true }
+        if holdsTerminal { Self.takeBackTerminal() }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         onExit(status)
+    }
+
+    /// Makes `redlock`'s group the terminal's foreground again. From a background group that needs
+    /// SIGTTOU blocked (else the kernel stops the process); this thread blocks it while it asks.
+    private static func takeBackTerminal() {
+        var ttou = sigset_t()
+        sigemptyset(&ttou)
+        sigaddset(&ttou, SIGTTOU)
+        var previous = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &ttou, &previous)
+        _ = tcsetpgrp(STDIN_FILENO, getpgrp())
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
     }
 
     /// The shell's convention for a wait status: the exit code, or 128 + the signal's number.

@@ -27,7 +27,7 @@ struct RedlockCommand: AsyncParsableCommand {
 
             A password comes from the address (redis://:PASSWORD@host) or from $REDLOCK_PASSWORD, \
             which applies to every server without one. Prefer the variable: command lines are visible \
-            to other users. A password is never printed. Write a comma in a password as %2C.
+            to other users. A password is never printed. A comma in a password needs no escaping.
 
             EXIT STATUS
               0      success; run: COMMAND's own status
@@ -176,6 +176,13 @@ struct Run: AsyncParsableCommand {
             --signal), SIGKILL --kill-after later (2s), and redlock exits 124. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND, and the \
             lock is released once it exits. Nothing is printed on standard output but COMMAND's own.
 
+            COMMAND runs in a process group of its own, as with timeout(1): the signals go to that group, \
+            so they also reach the programs a script started. In the foreground of a terminal, that group \
+            gets the terminal while COMMAND runs.
+
+            COMMAND's environment is redlock's without $REDLOCK_PASSWORD, and without $REDLOCK_SERVERS \
+            when that holds a password: --pass-env passes them on.
+
             \(optionsNote)
             """)
 
@@ -205,6 +212,13 @@ struct Run: AsyncParsableCommand {
         transform: DurationParsing.option)
     var killAfter: Int?
 
+    @Flag(
+        name: .customLong("pass-env"),
+        help: ArgumentHelp(
+            "Give COMMAND $REDLOCK_PASSWORD and a $REDLOCK_SERVERS that holds passwords (both are removed"
+                + " from its environment by default)."))
+    var passEnvironment = false
+
     func validate() throws {
         guard !command.isEmpty else {
             throw ValidationError(
@@ -232,7 +246,8 @@ struct Run: AsyncParsableCommand {
         let status = try await Session.with(settings) { session in
             try await Supervisor(
                 session: session, resource: resource, command: command, inheritedDescriptors: inherited,
-                lossSignal: termination.signal, killAfter: termination.killAfter
+                lossSignal: termination.signal, killAfter: termination.killAfter,
+                passCredentials: passEnvironment
             ).run()
         }
         throw ToolExit(status)

@@ -183,18 +183,16 @@ enum ServerList {
             (source, list) = ("the default server list", defaultList)
         }
         let password = environment["REDLOCK_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
-        Redactor.shared.add(password)
         var servers: [RedisServer] = []
-        let entries = list.split(separator: ",", omittingEmptySubsequences: false)
+        // A comma inside a password's user info does not split the entry (RedisServer.splitList).
+        let entries = RedisServer.splitList(list)
         for (index, entry) in entries.enumerated() {
             guard !entry.allSatisfy({ $0.isWhitespace }) else {
                 throw ValidationError(
-                    "\(source): address \(index + 1) of \(entries.count) is empty"
-                        + " (a password with a comma must write it as %2C)")
+                    "\(source): address \(index + 1) of \(entries.count) is empty")
             }
             do {
-                var server = try RedisServer(parsing: String(entry))
-                Redactor.shared.add(server.password)
+                var server = try RedisServer(parsing: entry)
                 if server.password == nil, let password {
                     server.password = password
                 }

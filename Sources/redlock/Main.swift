@@ -3,6 +3,7 @@
 // thread sleeps, its signal mask intact.
 import ArgumentParser
 import Dispatch
+import MultiRedlock
 
 #if canImport(Glibc)
     import Glibc
@@ -139,14 +140,23 @@ enum Startup {
 
 /// Overwrites the passwords of `redis://user:password@host` addresses in this process's own argv
 /// with `*`, so that ps(1) and /proc/PID/cmdline do not show them once the tool has parsed them.
+/// Each argument is read whole, by the address syntax (`RedisServer.passwordRanges(inText:)`), so
+/// that a password with quotes, commas or '@' is found as a whole.
 enum ArgvScrubber {
     static func scrub() {
         let argv = CommandLine.unsafeArgv
         for index in 1..<Int(CommandLine.argc) {
             guard let argument = argv[index] else { continue }
-            let count = strlen(argument)
-            let bytes = (0..<count).map { UInt8(bitPattern: argument[$0]) }
-            for range in Redactor.secretRanges(in: bytes) {
+            let length = strlen(argument)
+            guard let text = String(validatingCString: argument) else {
+                // Not UTF-8 (the offsets of a repaired copy would not match): hide all of an
+                // argument that may hold user info.
+                if memchr(argument, Int32(UInt8(ascii: "@")), length) != nil {
+                    memset(argument, Int32(UInt8(ascii: "*")), length)
+                }
+                continue
+            }
+            for range in RedisServer.passwordRanges(inText: text) where range.upperBound <= length {
                 for offset in range { argument[offset] = CChar(bitPattern: UInt8(ascii: "*")) }
             }
         }

@@ -2,7 +2,6 @@
 // password masked.
 import JSONText
 import MultiRedlock
-import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -16,15 +15,16 @@ enum Output {
         writeAll(1, line + "\n")
     }
 
-    /// Writes one line to standard error, prefixed with `redlock: `, with passwords masked.
+    /// Writes one line to standard error, prefixed with `redlock: `, with passwords masked and
+    /// control characters escaped (a line may hold a server's error text).
     static func stderr(_ line: String) {
-        writeAll(2, Redactor.shared.redact("redlock: " + line) + "\n")
+        writeAll(2, Redactor.escapingControlCharacters(Redactor.redact("redlock: " + line)) + "\n")
     }
 
     /// Writes text to standard error as it is, except for masking passwords (ArgumentParser's
     /// messages already say who they come from).
     static func stderrRaw(_ text: String) {
-        writeAll(2, Redactor.shared.redact(text))
+        writeAll(2, Redactor.redact(text))
     }
 
     static func writeAll(_ descriptor: Int32, _ text: String) {
@@ -40,69 +40,35 @@ enum Output {
     }
 }
 
-/// Masks passwords in what the tool prints: every password it knows of (from the server list and
-/// `$REDLOCK_PASSWORD`), and the user info of anything that looks like a URL (`scheme://user:pw@`),
-/// which also covers addresses echoed back in ArgumentParser's messages.
-final class Redactor: Sendable {
-    static let shared = Redactor()
-
-    private let secrets = Mutex<Set<String>>([])
-
-    func add(_ secret: String?) {
-        guard let secret, !secret.isEmpty else { return }
-        secrets.withLock { _ = $0.insert(secret) }
-    }
-
-    func redact(_ text: String) -> String {
-        var result = Self.maskingURLUserInfo(in: text)
-        // Longest first, so that a password containing another one is masked whole.
-        for secret in secrets.withLock({ $0 }).sorted(by: { $0.count > $1.count }) {
-            result = result.replacing(secret, with: "***")
-        }
-        return result
+/// Masks passwords in what the tool prints, by the address syntax: the library's
+/// `RedisServer.maskingPasswords(inText:)`, the same rule as every address description and error,
+/// which also covers addresses echoed back in ArgumentParser's messages. A password is never
+/// searched for as text: that would show it by which words turn into `***`.
+enum Redactor {
+    /// `text` with the passwords of every address in it masked.
+    static func redact(_ text: String) -> String {
+        RedisServer.maskingPasswords(inText: text)
     }
 
     /// `redis://user:secret@host` → `redis://user:***@host`; `x://secret@host` → `x://***@host`.
     static func maskingURLUserInfo(in text: String) -> String {
-        let bytes = Array(text.utf8)
-        var output: [UInt8] = []
-        output.reserveCapacity(bytes.count)
-        var index = 0
-        for range in secretRanges(in: bytes) {
-            output += bytes[index..<range.lowerBound]
-            output += Array("***".utf8)
-            index = range.upperBound
-        }
-        output += bytes[index...]
-        return String(decoding: output, as: UTF8.self)
+        RedisServer.maskingPasswords(inText: text)
     }
 
-    /// Where the passwords are in anything that looks like a URL with user info: after
-    /// `scheme://user:` up to the last `@` before the next whitespace, quote, comma or the end (or
-    /// the whole user info when it has no `:`).
-    static func secretRanges(in bytes: [UInt8]) -> [Range<Int>] {
-        let separators: Set<UInt8> = [0x20, 0x09, 0x0A, 0x0D, UInt8(ascii: "\""), UInt8(ascii: "'"), 0x2C]
-        var ranges: [Range<Int>] = []
-        var index = 0
-        while index + 2 < bytes.count {
-            guard
-                bytes[index] == UInt8(ascii: ":") && bytes[index + 1] == UInt8(ascii: "/")
-                    && bytes[index + 2] == UInt8(ascii: "/")
-            else {
-                index += 1
-                continue
+    /// Control characters (C0, DEL, C1: escape sequences, carriage returns, line breaks) written as
+    /// `\u{1B}`, so that text from a server cannot move the cursor, rewrite the terminal or forge
+    /// lines of output.
+    static func escapingControlCharacters(_ text: String) -> String {
+        var result = ""
+        result.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
+        for scalar in text.unicodeScalars {
+            if scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) {
+                result += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            } else {
+                result.unicodeScalars.append(scalar)
             }
-            let start = index + 3
-            var end = start
-            while end < bytes.count && !separators.contains(bytes[end]) { end += 1 }
-            index = start
-            guard let at = bytes[start..<end].lastIndex(of: UInt8(ascii: "@")), at > start else { continue }
-            let colon = bytes[start..<at].firstIndex(of: UInt8(ascii: ":"))
-            let secretStart = colon.map { $0 + 1 } ?? start
-            if secretStart < at { ranges.append(secretStart..<at) }
-            index = at
         }
-        return ranges
+        return result
     }
 }
 

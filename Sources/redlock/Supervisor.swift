@@ -28,6 +28,9 @@ struct Supervisor {
     /// How long COMMAND may run on after `lossSignal` before SIGKILL (`run --kill-after`).
     var killAfter: Duration = Self.killGrace
 
+    /// `--pass-env`: COMMAND also gets `REDLOCK_PASSWORD` and a `REDLOCK_SERVERS` with passwords.
+    var passCredentials = false
+
     private enum Event: Sendable {
         case exited(Int32)
         case signal(SignalCenter.Received)
@@ -55,7 +58,7 @@ struct Supervisor {
             return interrupted()
         }
 
-        var environment = Environment.current
+        var environment = ChildEnvironment.make(from: Environment.current, passCredentials: passCredentials)
         environment["REDLOCK_RESOURCE"] = resource
         environment["REDLOCK_VALUE"] = acquired.value
         if let token = acquired.fencingToken { environment["REDLOCK_FENCING_TOKEN"] = String(token) }

@@ -111,9 +111,8 @@ extension Failover {
         @Test func ttlsBeyondWhatServersAcceptFailWithATypedError() async throws {
             let group = try await RedisServerGroup.start(count: 3)
             defer { group.stopInBackground() }
-            let portsFile = Self.exitTestPortsFile(for: getpid())
-            try group.ports.map(String.init).joined(separator: ",").write(
-                toFile: portsFile, atomically: true, encoding: .utf8)
+            let portsFile = try Self.exitTestPortsFile(for: getpid())
+            try PrivateFiles.create(portsFile, contents: group.ports.map(String.init).joined(separator: ","))
             defer { unlink(portsFile) }
 
             // Int64.max ms: more than Redis accepts ("invalid expire time").
@@ -146,22 +145,23 @@ extension Failover {
             }
         }
 
-        static func exitTestPortsFile(for pid: pid_t) -> String {
-            let root = ProcessInfo.processInfo.environment["MULTIREDLOCK_TEST_DIR"].flatMap {
-                $0.isEmpty ? nil : $0
-            }
-            return (root ?? NSTemporaryDirectory()) + "/fault-exit-test-ports-\(pid)"
+        /// In a directory only this user can use (see `PrivateFiles.exitTestDirectory`), never a
+        /// predictable name in the shared /tmp.
+        static func exitTestPortsFile(
+            for pid: pid_t, environment: [String: String] = ProcessInfo.processInfo.environment
+        ) throws -> String {
+            try PrivateFiles.exitTestDirectory(environment: environment) + "/fault-exit-test-ports-\(pid)"
         }
 
         /// In a child process: locks with `ttl` on the parent's servers and exits 0 if the outcome is a
         /// `RedlockError`, 3 otherwise (a grant included: it is released first); a trap ends it with a
         /// signal.
         static func lockExpectingTypedError(ttl: Duration) async throws {
-            let text = try String(contentsOfFile: exitTestPortsFile(for: getppid()), encoding: .utf8)
+            let text = try String(contentsOfFile: try exitTestPortsFile(for: getppid()), encoding: .utf8)
             let ports = text.split(separator: ",").compactMap { Int($0) }
             guard ports.count == 3 else {
                 FileHandle.standardError.write(
-                    Data("no ports in \(exitTestPortsFile(for: getppid()))\n".utf8))
+                    Data("no ports in \((try? exitTestPortsFile(for: getppid())) ?? "?")\n".utf8))
                 exit(3)
             }
             let redlock = try Redlock(

@@ -86,20 +86,21 @@ final class FaultChild: Sendable {
 
     let pid: pid_t
     private let process: Process
-    private let stdoutPath: String
-    private let stderrPath: String
+    let stdoutPath: String
+    let stderrPath: String
     /// Our ends of the output files, closed once the child has exited (Foundation keeps them open as
     /// long as the `Process` lives, and Process.run crashes once a process has a thousand or so open).
     private let handles: Mutex<[FileHandle]>
     private let started = ContinuousClock.now
 
     init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
-        let directory = NSTemporaryDirectory()
+        // In the run's private scratch directory (removed by make's trap even after a crash), mode 0600.
+        let directory = try PrivateFiles.childOutputDirectory()
         let tag = UInt64.random(in: 0...UInt64.max)
         stdoutPath = directory + "/child-\(tag).out"
         stderrPath = directory + "/child-\(tag).err"
-        _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        try PrivateFiles.create(stdoutPath)
+        try PrivateFiles.create(stderrPath)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments

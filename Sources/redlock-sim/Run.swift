@@ -230,7 +230,8 @@ final class Run: Sendable {
                 if lock.validUntil < start {
                     // Renewed after the validity had ended: a new window, from now.
                     held[index] = Held(
-                        lock: renewed, tickets: granted(renewed, client: client, "\(name) (after expiry)"))
+                        lock: renewed,
+                        tickets: granted(renewed, client: client, "\(name) (after expiry)", renewal: true))
                 } else {
                     for (resource, ticket) in held[index].tickets {
                         checkers[resource].renewed(ticket, to: renewed)
@@ -295,14 +296,16 @@ final class Run: Sendable {
     }
 
     /// Records a grant: a hold per resource, its fencing token.
-    private func granted(_ lock: Lock, client: Int, _ name: String) -> [(Int, MutualExclusionChecker.Ticket)]
-    {
+    private func granted(
+        _ lock: Lock, client: Int, _ name: String, renewal: Bool = false
+    ) -> [(Int, MutualExclusionChecker.Ticket)] {
         let tickets = lock.resources.map { resourceName in
             let resource = Int(resourceName.dropFirst())!
             let checker = checkers[resource]
             return (resource, checker.acquired(lock, client: "c\(client)"))
         }
         stats.withLock { stats in
+            guard !renewal else { return }
             stats.outcome.grants += 1
             if let token = lock.fencingToken {
                 stats.fences.append(
@@ -438,7 +441,9 @@ final class Run: Sendable {
             }
         }
         guard !executedLoss else { return }
-        let fences = stats.withLock { $0.fences }
+        // One entry per grant: a renewal after expiry records a second hold of the same grant.
+        var seen = Set<String>()
+        let fences = stats.withLock { $0.fences }.filter { seen.insert($0.value).inserted }
         for resource in 0..<plan.resources {
             let holds = checkers[resource].holds
             let windows: [(fence: Fence, acquired: UInt64, end: UInt64)] = fences.filter {

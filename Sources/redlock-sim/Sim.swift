@@ -9,7 +9,7 @@ struct Sim {
         var firstSeed: UInt64 = 1
         var seeds = 1
         var single = false
-        var jobs = 4
+        var jobs = 8
         var steps: Set<Int>?
         var modes = Modes()
         var slackMs = 150
@@ -25,7 +25,7 @@ struct Sim {
           --seed S           run seed S alone and print its history (a replay)
           --steps IDS        with --seed: run only these steps of its plan (a shortened history)
           --repeat K         with --seed: replay it K times (timing varies: how often it fails)
-          --jobs J           seeds run at once (default 4)
+          --jobs J           seeds run at once (default 8)
           --no-quarantine    negative control: restarts lose data and are counted at once
           --slack-ms MS      scheduling slack allowed on every operation bound (default 150)
           --shrink-runs R    reruns spent shortening the first failing seed's history (default 40)
@@ -237,6 +237,16 @@ struct Shrinker {
         let cut = truncated(steps, outcome)
         if cut.count < steps.count, let outcome = await attempt(cut) {
             best = (truncated(cut, outcome), outcome)
+        }
+        // The clients the violation is not about, all at once.
+        if let violation = best.outcome.violations.first(where: { $0.kind == kind }) {
+            let involved = best.steps.filter { step in
+                guard case .client(let client, _) = step.action else { return true }
+                return violation.clients.contains(client)
+            }
+            if involved.count < best.steps.count, let outcome = await attempt(involved) {
+                best = (truncated(involved, outcome), outcome)
+            }
         }
         var chunk = max(1, best.steps.count / 2)
         while runs > 0 {

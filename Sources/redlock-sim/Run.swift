@@ -204,6 +204,7 @@ final class Run: Sendable {
             }
             try? await Task.sleep(for: .milliseconds(after))
             let cancelled = ContinuousClock.now
+            recorder.log(.op, "\(name): cancelling", client: client)
             task.cancel()
             outcome(await task.result)
             // Cancellation stops it at once, but for the release of a failed attempt under way.
@@ -214,7 +215,7 @@ final class Run: Sendable {
                     Violation(
                         kind: .bound,
                         text:
-                            "\(name) returned \(Int(took))ms after the cancel, over \(nodeTimeout)ms (+\(slackMs)ms)",
+                            "\(name) returned \(Int(took))ms after the cancel (\(Int(stalled))ms of it the process stalled), over \(nodeTimeout)ms (+\(slackMs)ms)",
                         time: recorder.elapsedMs, clients: [client], values: []))
             }
         case .withLock(let resources, let ttl, let body):
@@ -451,9 +452,9 @@ final class Run: Sendable {
             }
             .compactMap { fence in
                 let mine = holds.filter { $0.value == fence.value }
-                guard let first = mine.map(\.acquired).min(), let end = mine.map(\.end).max() else {
-                    return nil
-                }
+                // A grant whose validity ended before the call returned protects nothing.
+                guard let first = mine.map(\.acquired).min(), let end = mine.map(\.end).max(), first < end
+                else { return nil }
                 return (fence, first, end)
             }
             for earlier in windows {

@@ -204,7 +204,12 @@ struct Sim {
             switch entry.kind {
             case .fault, .note: return true
             case .op: return entry.client.map { violation.clients.contains($0) } ?? false
-            case .node: return entry.value.map { violation.values.contains($0) } ?? false
+            case .node:
+                // A bound is about the client's own calls, whatever their value.
+                if violation.values.isEmpty {
+                    return entry.client.map { violation.clients.contains($0) } ?? false
+                }
+                return entry.value.map { violation.values.contains($0) } ?? false
             }
         }
     }

@@ -28,6 +28,8 @@ struct Outcome: Sendable {
     var operations = 0
     var faults = 0
     var grants = 0
+    /// Operations whose bound was not judged: the whole process stood still meanwhile.
+    var unjudged = 0
     var violations: [Violation] = []
     var history: [Entry] = []
     /// The ids of the steps that started, in order, with their start times.
@@ -133,6 +135,14 @@ final class Run: Sendable {
         }
     }
 
+    /// Whether an operation's time says something about Redlock: not when the process stalled for a
+    /// third of the slack or more meanwhile (a loaded machine; counted as unjudged).
+    private func judged(_ stalledMs: Double) -> Bool {
+        guard stalledMs >= Double(slackMs) / 3 else { return true }
+        stats.withLock { $0.outcome.unjudged += 1 }
+        return false
+    }
+
     private func violation(_ violation: Violation) {
         recorder.log(.note, "VIOLATION \(violation.kind.rawValue): \(violation.text)")
         stats.withLock { $0.outcome.violations.append(violation) }
@@ -166,6 +176,7 @@ final class Run: Sendable {
             let took = Recorder.ms(end - start)
             // Time the whole process stood still (a loaded machine) does not count against Redlock.
             let stalled = Recorder.ms(LagMonitor.shared.stalled(from: start, to: end))
+            guard judged(stalled) else { return }
             guard took - stalled > Double(ms + slackMs) else { return }
             violation(
                 Violation(
@@ -210,7 +221,7 @@ final class Run: Sendable {
             // Cancellation stops it at once, but for the release of a failed attempt under way.
             let took = Recorder.ms(ContinuousClock.now - cancelled)
             let stalled = Recorder.ms(LagMonitor.shared.stalled(from: cancelled, to: .now))
-            if took - stalled > Double(nodeTimeout + slackMs) {
+            if judged(stalled) && took - stalled > Double(nodeTimeout + slackMs) {
                 violation(
                     Violation(
                         kind: .bound,

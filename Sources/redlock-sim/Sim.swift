@@ -117,6 +117,7 @@ struct Sim {
                 totals.operations += outcome.operations
                 totals.faults += outcome.faults
                 totals.grants += outcome.grants
+                totals.unjudged += outcome.unjudged
                 totals.violations += outcome.violations
                 if !outcome.violations.isEmpty {
                     failed.append((plan.seed, plan, steps, outcome))
@@ -144,6 +145,11 @@ struct Sim {
         say("")
         say("seeds run: \(done) in \(String(format1: elapsed))s (\(rate) seeds/s)")
         say("operations: \(totals.operations), faults: \(totals.faults), grants: \(totals.grants)")
+        if totals.unjudged > 0 {
+            say(
+                "bounds not judged: \(totals.unjudged) operations (the process stalled ≥ \(arguments.slackMs / 3)ms meanwhile)"
+            )
+        }
         var kinds: [String: Int] = [:]
         for violation in totals.violations { kinds[violation.kind.rawValue, default: 0] += 1 }
         let kindText = kinds.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(

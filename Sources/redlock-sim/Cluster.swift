@@ -71,17 +71,23 @@ final class Server: Sendable {
     struct State {
         var loseReplies = false
         var failReleases = false
+        /// When the server last restarted (for the per-client quarantine).
+        var restartedAt: ContinuousClock.Instant?
         var connections: [Connection] = []
     }
 
     /// Whether restarts are quarantined; when not (a negative control), a client counts a restarted
     /// node's grants at once, as a client without the quarantine would.
     let quarantine: Bool
+    /// Whether each client quarantines a restarted node for the longest ttl it used itself (as
+    /// `RedisNode` does), instead of the mock's longest ttl of all clients.
+    let clientQuarantine: Bool
 
-    init(index: Int, recorder: Recorder, quarantine: Bool) {
+    init(index: Int, recorder: Recorder, quarantine: Bool, clientQuarantine: Bool) {
         self.index = index
         self.recorder = recorder
         self.quarantine = quarantine
+        self.clientQuarantine = clientQuarantine
         clock = MockClock(followingSystemClock: true)
         node = MockRedlockNode(name: "n\(index)", clock: clock)
     }
@@ -103,6 +109,11 @@ final class Server: Sendable {
     var loseReplies: Bool {
         get { state.withLock { $0.loseReplies } }
         set { state.withLock { $0.loseReplies = newValue } }
+    }
+
+    var restartedAt: ContinuousClock.Instant? {
+        get { state.withLock { $0.restartedAt } }
+        set { state.withLock { $0.restartedAt = newValue } }
     }
 
     var failReleases: Bool {
@@ -127,6 +138,19 @@ final class Connection: RedlockNode {
         var observer: (@Sendable (Bool) -> Void)?
         var pending: [Int: Answer] = [:]
         var nextID = 0
+        /// The longest ttl this client asked the node for (before sending, as `RedisNode`).
+        var longestTTL: Duration = .zero
+    }
+
+    private func note(_ ttl: Duration) {
+        state.withLock { $0.longestTTL = max($0.longestTTL, ttl) }
+    }
+
+    /// Whether a restarted node's grant counts for this client now.
+    private func quarantineOver() -> Bool {
+        guard server.quarantine else { return true }
+        guard server.clientQuarantine, let restartedAt = server.restartedAt else { return false }
+        return ContinuousClock.now - restartedAt >= state.withLock { $0.longestTTL }
     }
 
     init(server: Server, client: Int) {
@@ -176,8 +200,10 @@ final class Connection: RedlockNode {
         let label = "\(name) ← c\(client) \(text) [\(short(value))]"
         let answer: Answer = { [weak self] result, counter in
             var result = result
-            // Without the quarantine, a restarted node's grant counts at once.
-            if case .failed(let failure) = result, failure.kind == .restarted, !server.quarantine {
+            // Without the quarantine, a restarted node's grant counts at once; with the per-client
+            // one, once this client's longest ttl has passed since the restart.
+            if case .failed(let failure) = result, failure.kind == .restarted, self?.quarantineOver() ?? false
+            {
                 result = .succeeded
             }
             guard let done = self?.state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
@@ -203,6 +229,7 @@ final class Connection: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
+        note(ttl)
         forward(
             "SET \(key) NX PX \(Int(Recorder.ms(ttl)))", value: value, isRelease: false, timeout: timeout,
             completion: { result, _ in completion(result) },
@@ -215,6 +242,7 @@ final class Connection: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
+        note(ttl)
         extend(keys: [key], value: value, ttl: ttl, timeout: timeout, completion: completion)
     }
 
@@ -228,6 +256,7 @@ final class Connection: RedlockNode {
         keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
+        note(ttl)
         forward(
             "SET \(keys.joined(separator: ",")) NX PX \(Int(Recorder.ms(ttl)))", value: value,
             isRelease: false,
@@ -241,6 +270,7 @@ final class Connection: RedlockNode {
         keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
+        note(ttl)
         forward(
             "PEXPIRE \(keys.joined(separator: ",")) \(Int(Recorder.ms(ttl)))", value: value, isRelease: false,
             timeout: timeout, completion: { result, _ in completion(result) },
@@ -264,6 +294,7 @@ final class Connection: RedlockNode {
         key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult, Int64) -> Void
     ) {
+        note(ttl)
         forward(
             "SET \(key) NX PX \(Int(Recorder.ms(ttl))) +counter", value: value, isRelease: false,
             timeout: timeout, completion: completion,

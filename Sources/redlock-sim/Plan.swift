@@ -41,6 +41,9 @@ struct Modes: Sendable {
     /// Restarts keep the quarantine (a restarted node's grants do not count for a while). Off: every
     /// restart loses the node's data and its grants count at once (`--no-quarantine`).
     var quarantine = true
+    /// Each client ends a restarted node's quarantine after the longest ttl it used itself, as
+    /// `RedisNode` does today (`--client-quarantine`), instead of the longest ttl of all clients.
+    var clientQuarantine = false
 }
 
 /// What one client (one `Redlock`) is configured with.

@@ -77,7 +77,9 @@ final class Run: Sendable {
         self.slackMs = slackMs
         let recorder = recorder
         let servers = (0..<plan.nodes).map {
-            Server(index: $0, recorder: recorder, quarantine: plan.modes.quarantine)
+            Server(
+                index: $0, recorder: recorder, quarantine: plan.modes.quarantine,
+                clientQuarantine: plan.modes.clientQuarantine)
         }
         self.servers = servers
         redlocks = plan.clients.enumerated().map { index, client in
@@ -399,6 +401,7 @@ final class Run: Sendable {
                     node.isDown = false
                 }
             } else {
+                server.restartedAt = .now
                 node.restart(keepingData: keepData)
             }
         case .clockJump(_, let ms): server.clock.advance(by: .milliseconds(ms))

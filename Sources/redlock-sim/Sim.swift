@@ -27,6 +27,8 @@ struct Sim {
           --repeat K         with --seed: replay it K times (timing varies: how often it fails)
           --jobs J           seeds run at once (default 8)
           --no-quarantine    negative control: restarts lose data and are counted at once
+          --client-quarantine  each client quarantines a restarted node for its own longest ttl
+                             (as RedisNode does), not the longest ttl of all clients (the mock's)
           --slack-ms MS      scheduling slack allowed on every operation bound (default 150)
           --shrink-runs R    reruns spent shortening the first failing seed's history (default 40)
         """
@@ -62,6 +64,7 @@ struct Sim {
             case "--repeat": arguments.repeats = max(1, number(flag))
             case "--jobs": arguments.jobs = max(1, number(flag))
             case "--no-quarantine": arguments.modes.quarantine = false
+            case "--client-quarantine": arguments.modes.clientQuarantine = true
             case "--slack-ms": arguments.slackMs = number(flag)
             case "--shrink-runs": arguments.shrinkRuns = number(flag)
             case "--verbose": arguments.verbose = true
@@ -188,7 +191,10 @@ struct Sim {
         say("   history of the shortened run (faults, and the violating clients' calls):")
         for entry in relevant(shortest.outcome.history, violation) { say("     \(entry.line)") }
         say("   \(violation.kind.rawValue): \(violation.text)")
-        let modeArgs = arguments.modes.quarantine ? "" : " SIM_ARGS=--no-quarantine"
+        let modeArgs =
+            !arguments.modes.quarantine
+            ? " SIM_ARGS=--no-quarantine"
+            : arguments.modes.clientQuarantine ? " SIM_ARGS=--client-quarantine" : ""
         say("   replay: make sim SEED=\(seed)\(modeArgs)")
         let ids = shortest.steps.map { String($0.id) }.joined(separator: ",")
         say("   replay the shortened history: make sim SEED=\(seed) STEPS=\(ids)\(modeArgs)")

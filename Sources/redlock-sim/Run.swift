@@ -34,12 +34,7 @@ struct Outcome: Sendable {
     var history: [Entry] = []
     /// The ids of the steps that started, in order, with their start times.
     var started: [(id: Int, time: Double)] = []
-
-    /// How many steps (operations and faults) started up to `time`.
-    func steps(upTo time: Double) -> (steps: Int, operations: Int) {
-        let before = started.filter { $0.time <= time }
-        return (before.count, before.count)
-    }
+}
 }
 
 /// One run of (part of) a plan: the servers, one `Redlock` per client, a checker per resource.

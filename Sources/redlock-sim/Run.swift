@@ -35,7 +35,6 @@ struct Outcome: Sendable {
     /// The ids of the steps that started, in order, with their start times.
     var started: [(id: Int, time: Double)] = []
 }
-}
 
 /// One run of (part of) a plan: the servers, one `Redlock` per client, a checker per resource.
 final class Run: Sendable {

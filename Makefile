@@ -16,7 +16,14 @@ TSAN_SKIP    ?=
 # Where test runs keep their redis-server directories (pidfiles, logs); made fresh for each run.
 TMPROOT      ?= /tmp
 
-.PHONY: all deps build test test-only lint format tsan asan demo clean bench verify soak churn partition man docs
+# `make sim`: how many seeds (from 1; about 2 minutes on 2 cores), or one seed to replay (SEED=, with
+# STEPS= for a shortened history), and extra arguments (SIM_ARGS='--no-quarantine', see redlock-sim --help).
+SEEDS        ?= 400
+SEED         ?=
+STEPS        ?=
+SIM_ARGS     ?=
+
+.PHONY: all deps build test test-only lint format tsan asan demo clean bench verify soak churn partition man docs sim
 
 all: build
 
@@ -146,6 +153,13 @@ man:
 	"$$bin/generate-manual" "$$bin/redlock" --output-directory .build/man && \
 	echo "man: wrote .build/man/redlock.1; install it with" \
 		"install -D -m 644 .build/man/redlock.1 /usr/local/share/man/man1/redlock.1"
+
+## sim: randomized fault simulation over mock nodes, the MutualExclusionChecker as oracle (release
+## build); make sim SEEDS=100000 runs long, make sim SEED=42 replays one seed with its history
+sim:
+	$(SWIFT) build -c release --product redlock-sim
+	$$($(SWIFT) build -c release --show-bin-path)/redlock-sim \
+		$(if $(SEED),--seed $(SEED) $(if $(STEPS),--steps $(STEPS)),--seeds $(SEEDS)) $(SIM_ARGS)
 
 clean:
 	rm -rf .build .build-tsan .build-asan .build-docs

@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "Hiredis", targets: ["Hiredis"]),
         .executable(name: "redlock", targets: ["redlock"]),
         .executable(name: "redlock-bench", targets: ["redlock-bench"]),
+        .executable(name: "redlock-sim", targets: ["redlock-sim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -63,6 +64,9 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // The randomized fault simulation behind `make sim`: clients over mock nodes, the checker as
+        // oracle, driven by a seed.
+        .executableTarget(name: "redlock-sim", dependencies: ["MultiRedlock", "MultiRedlockTesting"]),
         .testTarget(name: "HiredisTests", dependencies: ["Hiredis", "CHiredis", "LocalRedis"]),
         .testTarget(
             name: "MultiRedlockTests",

@@ -140,7 +140,6 @@ final class Connection: RedlockNode {
         var nextID = 0
     }
 
-
     /// How long ago the server restarted: each client's `Redlock` applies its quarantine from it.
     var timeSinceRestart: Duration? { server.node.timeSinceRestart }
 

@@ -171,9 +171,11 @@ struct Run: AsyncParsableCommand {
         discussion: """
             Acquires the lock, starts COMMAND with REDLOCK_RESOURCE and REDLOCK_VALUE in its environment, \
             renews the lock every third of the ttl while COMMAND runs, releases it when COMMAND exits and \
-            exits with COMMAND's status (128+N when a signal N killed it). If renewing fails until the \
-            validity runs out, or the servers say the lock is no longer held, COMMAND gets SIGTERM (or \
-            --signal), SIGKILL --kill-after later (2s), and redlock exits 124. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND, and the \
+            exits with COMMAND's status (128+N when a signal N killed it). If renewing keeps failing, or \
+            the servers say the lock is no longer held, COMMAND gets SIGTERM (or --signal) --kill-after \
+            (2s, at most a third of the validity) before the validity ends and SIGKILL at its end, so it \
+            is gone before another client can hold the lock; redlock exits 124. SIGINT, SIGTERM and \
+            SIGHUP are forwarded to COMMAND, and the \
             lock is released once it exits. Nothing is printed on standard output but COMMAND's own.
 
             COMMAND runs in a process group of its own, as with timeout(1): the signals go to that group, \
@@ -206,7 +208,8 @@ struct Run: AsyncParsableCommand {
     @Option(
         name: .customLong("kill-after"),
         help: ArgumentHelp(
-            "How long COMMAND may run on after that signal before it gets SIGKILL."
+            "How long before the validity ends COMMAND gets that signal (at most a third of the validity);"
+                + " SIGKILL comes at the end of the validity."
                 + " (env: REDLOCK_KILL_AFTER; default: 2s)",
             valueName: "duration"),
         transform: DurationParsing.option)

@@ -40,12 +40,13 @@ struct WithLockMockTests {
         let nodes = realTimeNodes(3)
         let redlock = try Redlock(nodes: nodes, options: options())
         let seen = Mutex<[String]>([])
-        // A ttl of 3 s: under `make test` other suites can keep the cooperative pool busy for seconds,
-        // and a renewal that comes too late fails the test for the wrong reason.
-        let result = try await redlock.withLock("r", ttl: .seconds(3)) { held in
+        // A ttl of 6 s: under `make test` other suites can keep the cooperative pool busy for seconds
+        // (a 3 s ttl's renewal came too late under CI-like load), and a renewal that comes too late
+        // fails the test for the wrong reason.
+        let result = try await redlock.withLock("r", ttl: .seconds(6)) { held in
             // 1.5 ttls long: without renewals the keys would expire under the body.
             for _ in 0..<3 {
-                try await Task.sleep(for: .milliseconds(1500))
+                try await Task.sleep(for: .milliseconds(3000))
                 let values = nodes.map { $0.value(of: "r") }
                 seen.withLock { $0.append(values.allSatisfy { $0 == held.value } ? "held" : "\(values)") }
                 #expect(held.isValid)
@@ -65,10 +66,10 @@ struct WithLockMockTests {
         let nodes = realTimeNodes(3)
         let redlock = try Redlock(nodes: nodes, options: options())
         let keys = ["a", "b", "c"]
-        let value = try await redlock.withLock(keys, ttl: .seconds(3)) { held in
+        let value = try await redlock.withLock(keys, ttl: .seconds(6)) { held in
             #expect(held.lock.resources == keys)
             for _ in 0..<3 {
-                try await Task.sleep(for: .milliseconds(1500))
+                try await Task.sleep(for: .milliseconds(3000))
                 for node in nodes {
                     #expect(keys.allSatisfy { node.value(of: $0) == held.value }, "\(node.name)")
                 }

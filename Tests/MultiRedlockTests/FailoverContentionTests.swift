@@ -174,10 +174,9 @@ extension Failover {
             for resource in ["ключ-🔒-鍵", String(repeating: "r", count: 100_000), "with space\tand tab"] {
                 let acquired = try await FaultChild.redlock(["--servers", servers, "acquire", resource])
                 #expect(acquired.status == 0, "\(resource.prefix(20)): \(acquired.stderr)")
-                let value = try #require(
-                    Self.jsonString("value", in: acquired.stdout),
-                    "\(resource.prefix(20)): exit \(acquired.status), stdout \(acquired.stdout.utf8.count) bytes: "
-                        + "\(acquired.stdout.prefix(200)); stderr: \(acquired.stderr.prefix(500))")
+                let described: Comment =
+                    "\(resource.prefix(20)): exit \(acquired.status), stdout \(acquired.stdout.utf8.count) bytes: \(acquired.stdout.prefix(200)); stderr: \(acquired.stderr.prefix(500))"
+                let value = try #require(Self.jsonString("value", in: acquired.stdout), described)
                 // The exact bytes are the key on a majority (the tool exits once a quorum granted).
                 var holding = 0
                 for server in group.servers where try await Fault.get(server, resource) == value {

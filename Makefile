@@ -27,14 +27,16 @@ SIM_ARGS     ?=
 
 all: build
 
-## deps: install what is missing (libhiredis-dev, redis-server, redis-tools) with apt-get (sudo when
-## not root). Debian's redis-server package also enables and starts its system service on
-## 127.0.0.1:6379 (no password); the Makefile leaves that service alone (README, Security).
+## deps: install what is missing (libhiredis-dev, redis-server, redis-tools, a C compiler for the
+## bench's floor) with apt-get (sudo when not root). Debian's redis-server package also enables and
+## starts its system service on 127.0.0.1:6379 (no password); the Makefile leaves that service alone
+## (README, Security).
 deps:
 	@missing=""; \
 	[ -f /usr/include/hiredis/async.h ] || missing="$$missing libhiredis-dev"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	{ command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1; } || missing="$$missing redis-tools"; \
+	{ command -v cc >/dev/null 2>&1 || command -v clang >/dev/null 2>&1; } || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing with apt-get$(if $(SUDO), (sudo)):$$missing"; \
 		case "$$missing" in *redis-server*) echo "note: the redis-server package starts a system service on 127.0.0.1:6379 without a password (README, Security)";; esac; \
@@ -87,8 +89,9 @@ demo: deps
 	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
 	MULTIREDLOCK_TEST_DIR="$$root" $$($(SWIFT) build --show-bin-path)/multiredlock-demo
 
-## bench: release build, 5 local redis-servers, redis-benchmark limits, redlock-bench, one table of
-## ratios (medians over ROUNDS rounds, default 3), e.g. make bench ROUNDS=5; see .ci/bench
+## bench: release build, 5 local redis-servers, redis-benchmark limits, the bare-C floor (.ci/floor.c),
+## redlock-bench, one table of ratios (medians over ROUNDS rounds, default 3), e.g. make bench ROUNDS=5;
+## see .ci/bench
 bench: deps
 	@ROUNDS="$(ROUNDS)" SWIFT="$(SWIFT)" TMPROOT="$(TMPROOT)" .ci/bench
 

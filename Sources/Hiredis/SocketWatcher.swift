@@ -131,6 +131,9 @@ final class SocketWatcher: @unchecked Sendable {
     private func run() -> Never {
         let capacity: Int32 = 64
         var events = [epoll_event](repeating: epoll_event(), count: Int(capacity))
+        // Reused for every batch: a wake-up allocates nothing here.
+        var ready: [(watch: Watch, bits: UInt32)] = []
+        ready.reserveCapacity(Int(capacity))
         while true {
             let count = events.withUnsafeMutableBufferPointer {
                 epoll_wait(epollFD, $0.baseAddress, capacity, -1)
@@ -142,14 +145,15 @@ final class SocketWatcher: @unchecked Sendable {
                 // closed a descriptor that was not its own.
                 fatalError("epoll_wait on the socket watcher failed: \(String(cString: strerror(code)))")
             }
-            let ready = table.withLock { table in
-                events.prefix(Int(count)).compactMap { event in
-                    table.watches[event.data.u64].map { (watch: $0, bits: event.events) }
+            table.withLock { table in
+                for event in events.prefix(Int(count)) {
+                    if let watch = table.watches[event.data.u64] { ready.append((watch, event.events)) }
                 }
             }
             for (watch, bits) in ready {
                 watch.queue.async { watch.deliver(bits) }
             }
+            ready.removeAll(keepingCapacity: true)
         }
     }
 }

@@ -149,43 +149,42 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
     }
 
     /// Appends the command in RESP, the Redis protocol: `*<count>\r\n` then `$<length>\r\n<bytes>\r\n`
-    /// for each argument.
+    /// for each argument. Copies whole runs of bytes: no per-byte appends, no allocation when
+    /// `buffer` has room (the connection reuses one).
     func format(into buffer: inout [UInt8]) {
-        buffer.reserveCapacity(buffer.count + bytes.count + 16 * (lengths.count + 1))
-        buffer.append(UInt8(ascii: "*"))
-        appendDecimal(lengths.count, to: &buffer)
-        var offset = 0
-        for length in lengths {
-            buffer.append(UInt8(ascii: "$"))
-            appendDecimal(length, to: &buffer)
-            buffer.append(contentsOf: bytes[offset..<offset + length])
-            buffer.append(13)
-            buffer.append(10)
-            offset += length
+        buffer.reserveCapacity(buffer.count + bytes.count + 24 * (lengths.count + 1))
+        Self.appendHeader(UInt8(ascii: "*"), lengths.count, to: &buffer)
+        bytes.withUnsafeBufferPointer { source in
+            var offset = 0
+            for length in lengths {
+                Self.appendHeader(UInt8(ascii: "$"), length, to: &buffer)
+                buffer.append(contentsOf: UnsafeBufferPointer(rebasing: source[offset..<offset + length]))
+                buffer.append(13)
+                buffer.append(10)
+                offset += length
+            }
         }
     }
 
-    /// Appends `value` in decimal, then CRLF.
-    private func appendDecimal(_ value: Int, to buffer: inout [UInt8]) {
-        var digits:
-            (
-                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
-            ) = (
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-            )
-        var count = 0
-        var rest = value
-        withUnsafeMutableBytes(of: &digits) { digits in
+    /// Appends `mark`, `value` in decimal (not negative: a count or a length), then CRLF, in one copy.
+    private static func appendHeader(_ mark: UInt8, _ value: Int, to buffer: inout [UInt8]) {
+        // A mark, at most 19 digits and CRLF, written from the end of a buffer on the stack.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { scratch in
+            var index = 24
+            index -= 1
+            scratch[index] = 10
+            index -= 1
+            scratch[index] = 13
+            var rest = UInt(bitPattern: value)
             repeat {
-                digits[count] = UInt8(ascii: "0") + UInt8(rest % 10)
+                index -= 1
+                scratch[index] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest % 10)
                 rest /= 10
-                count += 1
             } while rest > 0
-            for index in stride(from: count - 1, through: 0, by: -1) { buffer.append(digits[index]) }
+            index -= 1
+            scratch[index] = mark
+            buffer.append(contentsOf: UnsafeBufferPointer(rebasing: scratch[index...]))
         }
-        buffer.append(13)
-        buffer.append(10)
     }
 
     /// Calls `body` with hiredis's `argc`, `argv` and `argvlen` for this command.

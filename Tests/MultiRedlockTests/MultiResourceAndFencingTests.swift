@@ -224,7 +224,9 @@ struct MultiResourceAndFencingTests {
         // Past the longest ttl used (1 s) since the restart was seen: it takes part again.
         try await Task.sleep(until: detected + ttl + .milliseconds(100), clock: .continuous)
         let back = try await lockOnce()
-        #expect(back.nodes.contains(names[0]), "\(back.nodes)")
+        // It granted (its grant need not be among the first two counted, so `back.nodes` may omit
+        // it): the write-back, which only lands where the key holds the lock's value, raised its
+        // counter.
         try await eventually {
             try await group[0].cli("GET", counterKey) == String(back.fencingToken ?? -1)
         }

@@ -34,6 +34,7 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -185,22 +186,33 @@ static struct reply call(struct connection *c, int argc, const char *const *argv
 static void open_connection(struct connection *c, const char *address, char *sha, size_t ring_size) {
     memset(c, 0, sizeof *c);
     c->address = address;
-    const char *colon = strrchr(address, ':');
-    if (!colon) die("server %s: expected host:port", address);
-    char host[256];
-    size_t host_length = (size_t)(colon - address);
-    if (host_length == 0 || host_length >= sizeof host) die("server %s: bad host", address);
-    memcpy(host, address, host_length);
-    host[host_length] = 0;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *found;
-    int status = getaddrinfo(host, colon + 1, &hints, &found);
-    if (status != 0) die("server %s: %s", address, gai_strerror(status));
-    c->fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0 || connect(c->fd, found->ai_addr, found->ai_addrlen) != 0)
-        die("connect to %s: %s", address, strerror(errno));
-    freeaddrinfo(found);
-    int on = 1; /* as hiredis does */
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    if (address[0] == '/' || strncmp(address, "unix:", 5) == 0) {
+        /* A unix socket: /path or unix:/path (the bench's servers listen on sockets in 0700 dirs). */
+        const char *path = address[0] == '/' ? address : address + 5;
+        struct sockaddr_un local = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof local.sun_path) die("server %s: socket path too long", address);
+        memcpy(local.sun_path, path, strlen(path) + 1);
+        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&local, sizeof local) != 0)
+            die("connect to %s: %s", address, strerror(errno));
+    } else {
+        const char *colon = strrchr(address, ':');
+        if (!colon) die("server %s: expected host:port or a unix socket path", address);
+        char host[256];
+        size_t host_length = (size_t)(colon - address);
+        if (host_length == 0 || host_length >= sizeof host) die("server %s: bad host", address);
+        memcpy(host, address, host_length);
+        host[host_length] = 0;
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *found;
+        int status = getaddrinfo(host, colon + 1, &hints, &found);
+        if (status != 0) die("server %s: %s", address, gai_strerror(status));
+        c->fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (c->fd < 0 || connect(c->fd, found->ai_addr, found->ai_addrlen) != 0)
+            die("connect to %s: %s", address, strerror(errno));
+        freeaddrinfo(found);
+        int on = 1; /* as hiredis does */
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    }
 
     const char *password = getenv("REDISCLI_AUTH");
     if (password && *password) {
@@ -540,7 +552,7 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--scenarios") && i + 1 < argc) {
             scenarios = argv[++i];
         } else {
-            fprintf(stderr, "usage: floor --servers host:port,... --scenarios sequential,concurrent_C,...\n"
+            fprintf(stderr, "usage: floor --servers host:port or /socket/path,... --scenarios sequential,concurrent_C,...\n"
                             "  password (if any) from REDISCLI_AUTH, user from FLOOR_USER\n");
             return 2;
         }

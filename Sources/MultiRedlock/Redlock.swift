@@ -46,7 +46,7 @@ public final class Redlock: Sendable {
     /// Release retry chains alive: grants skip looking for superseded ones when there are none.
     private let retryChains = RetryChain.Count()
     private let events = DispatchQueue(label: "multiredlock.events")
-    private let metrics: RedlockMetrics
+    let metrics: RedlockMetrics
 
     private struct State {
         var options: RedlockOptions
@@ -162,7 +162,8 @@ public final class Redlock: Sendable {
                 options: options, nodeUp: Array(repeating: false, count: nodes.count),
                 releaseRetries: Array(repeating: [:], count: nodes.count),
                 duplicateOf: Array(repeating: nil, count: nodes.count)))
-        metrics = RedlockMetrics()
+        metrics = RedlockMetrics(factory: options.metricsFactory ?? MetricsSystem.factory)
+        metrics.connectedNodes.record(0)
         for (index, node) in nodes.enumerated() {
             node.observeConnection { [weak self] up in self?.node(index, isUp: up) }
         }
@@ -212,6 +213,10 @@ public final class Redlock: Sendable {
             if let duplicates { state.duplicateOf = duplicates }
             guard state.nodeUp[index] != isUp else { return [] }
             state.nodeUp[index] = isUp
+            // Under the state lock, so the gauge and the log keep the order of the transitions.
+            let connected = state.nodeUp.count { $0 }
+            metrics.connectedNodes.record(connected)
+            logTransition(of: index, isUp: isUp, connected: connected, options: state.options)
             // A node that is back gets its failed releases now, not when their timers fire.
             var retries: [@Sendable () -> Void] = []
             if isUp {
@@ -306,6 +311,28 @@ public final class Redlock: Sendable {
     /// one). Cancellation stops the loop at once, in an attempt or between two: whatever the attempt
     /// set is released, and `CancellationError` is thrown.
     func acquire(
+        _ keys: [String], ttl: Duration, options: RedlockOptions, until limit: RetryLimit
+    ) async throws -> Lock {
+        try await traced(
+            "multiredlock.lock", keys, options: options,
+            outcome: { result in
+                switch result {
+                case .success(let lock):
+                    SpanOutcome(kind: "granted", attempts: lock.attempts, nodes: lock.nodes.count)
+                case .failure(let error): SpanOutcome(error)
+                }
+            }
+        ) { () async -> Result<Lock, any Error> in
+            do {
+                return .success(try await acquireLoop(keys, ttl: ttl, options: options, until: limit))
+            } catch {
+                return .failure(error)
+            }
+        }.get()
+    }
+
+    /// The retry loop of ``acquire(_:ttl:options:until:)``.
+    private func acquireLoop(
         _ keys: [String], ttl: Duration, options: RedlockOptions, until limit: RetryLimit
     ) async throws -> Lock {
         let start = ContinuousClock.now
@@ -533,7 +560,31 @@ public final class Redlock: Sendable {
         guard !value.isEmpty else {
             throw RedlockError(.invalidArgument, resource: resource, message: "the lock value is empty")
         }
-        metrics.attempts.increment()
+        return try await traced(
+            "multiredlock.renew", keys, options: options,
+            outcome: { result in
+                switch result {
+                case .success(let lock): SpanOutcome(kind: "renewed", attempts: 1, nodes: lock.nodes.count)
+                case .failure(let error): SpanOutcome(error)
+                }
+            }
+        ) { () async -> Result<Lock, RedlockError> in
+            do throws(RedlockError) {
+                return .success(
+                    try await renewOnce(
+                        keys, value: value, ttl: ttl, fencingToken: fencingToken, options: options))
+            } catch {
+                return .failure(error)
+            }
+        }.get()
+    }
+
+    /// One renew round: compare-and-pexpire on every node.
+    private func renewOnce(
+        _ keys: [String], value: String, ttl: Duration, fencingToken: Int64?, options: RedlockOptions
+    ) async throws(RedlockError) -> Lock {
+        let resource = Lock.name(of: keys)
+        metrics.renewAttempts.increment()
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
         let tally = await fanOut(.extend, options: options) { _, node, done in
@@ -544,6 +595,8 @@ public final class Redlock: Sendable {
         let validUntil = start + .milliseconds(ttl.wholeMilliseconds) - options.driftAllowance(for: ttl)
         log(options, "renew", resource, attempt: 1, tally: tally, elapsed: now - start)
         if tally.decision == .succeeded && now < validUntil {
+            metrics.renewals.increment()
+            metrics.renewDuration.recordInterval(since: start)
             return Lock(
                 resources: keys, value: value, validity: validUntil - now, ttl: ttl, validUntil: validUntil,
                 attempts: 1, nodes: tally.grantedIndices.map { names[$0] }, fencingToken: fencingToken)
@@ -557,7 +610,7 @@ public final class Redlock: Sendable {
                 keys, value: value, until: now + ttl, options: options,
                 on: tally.outcomes.map { $0 != .refused })
         }
-        metrics.failed(error.kind)
+        metrics.renewFailed(error.kind)
         throw error
     }
 
@@ -602,7 +655,9 @@ public final class Redlock: Sendable {
         }
         // Every key of this lock was set or extended before now, so it expires within its ttl from now.
         let tally = await inFlight {
-            await releaseOnce(lock.resources, value: lock.value, until: .now + lock.ttl, options: options)
+            await tracedRelease(lock.resources, options: options) {
+                await releaseOnce(lock.resources, value: lock.value, until: .now + lock.ttl, options: options)
+            }
         }
         log(options, "release", lock.resource, attempt: 1, tally: tally, elapsed: .zero)
         if tally.succeeded > 0 { return tally.succeeded }
@@ -626,9 +681,44 @@ public final class Redlock: Sendable {
     ) {
         operationsInFlight.add(1, ordering: .relaxed)
         Task {
-            _ = await self.releaseOnce(keys, value: value, until: expiry, options: options, on: targets)
+            _ = await self.tracedRelease(keys, options: options) {
+                await self.releaseOnce(keys, value: value, until: expiry, options: options, on: targets)
+            }
             self.operationsInFlight.subtract(1, ordering: .releasing)
         }
+    }
+
+    /// A release round in a `multiredlock.release` span: the outcome is `released` when a node
+    /// deleted the keys, `notHeld` when every node answered and none held them, else
+    /// `quorumUnavailable`.
+    private func tracedRelease(
+        _ keys: [String], options: RedlockOptions, _ round: () async -> QuorumTally
+    ) async -> QuorumTally {
+        await traced(
+            "multiredlock.release", keys, options: options,
+            outcome: { (result: Result<QuorumTally, Never>) in
+                let tally = result.get()
+                let kind =
+                    tally.succeeded > 0
+                    ? "released"
+                    : tally.failed == 0
+                        ? RedlockError.Kind.notHeld.rawValue : RedlockError.Kind.quorumUnavailable.rawValue
+                return SpanOutcome(kind: kind, attempts: 1, nodes: tally.succeeded)
+            }
+        ) { () async -> Result<QuorumTally, Never> in
+            .success(await round())
+        }.get()
+    }
+
+    /// Logs (at debug) why node `index` connected or disconnected, and how many nodes are connected.
+    private func logTransition(of index: Int, isUp: Bool, connected: Int, options: RedlockOptions) {
+        options.logger.debug(
+            isUp ? "node connected" : "node disconnected",
+            metadata: [
+                "node": "\(names[index])",
+                "reason": "\(nodes[index].connectionDetail ?? (isUp ? "connected" : "no reason given"))",
+                "connected": "\(connected)", "nodes": "\(nodes.count)", "quorum": "\(quorum)",
+            ])
     }
 
     /// Compare-and-delete on the nodes marked in `targets` (all by default; the others count as

@@ -58,6 +58,10 @@ public protocol RedlockNode: Sendable {
     /// not count a restarted node's grants for a while (see ``RedlockOptions/restartQuarantine``).
     /// The default is nil.
     var timeSinceRestart: Duration? { get }
+    /// Why the node's connection last changed state, in words (e.g. the connect error), for the log
+    /// line ``Redlock`` writes at each change; nil when the node does not say. Never contains a
+    /// password. The default is nil.
+    var connectionDetail: String? { get }
     /// Closes the node's connection.
     func close() async
 }
@@ -66,6 +70,8 @@ extension RedlockNode {
     public var serverID: String? { nil }
 
     public var timeSinceRestart: Duration? { nil }
+
+    public var connectionDetail: String? { nil }
 
     public func acquire(
         keys: [String], value: String, ttl: Duration, timeout: Duration,

@@ -392,9 +392,11 @@ public final class Redlock: Sendable {
                     case .granted: true
                     }
                 }
-                _ = await releaseOnce(
-                    keys, value: value, until: expiry, options: options, on: targets,
-                    waitingFor: answeredInTime)
+                _ = await tracedRelease(keys, options: options) {
+                    await releaseOnce(
+                        keys, value: value, until: expiry, options: options, on: targets,
+                        waitingFor: answeredInTime)
+                }
                 if wait > .zero { try await Task.sleep(for: wait) }
                 try Task.checkCancellation()
             }

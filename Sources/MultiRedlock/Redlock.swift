@@ -818,7 +818,7 @@ public final class Redlock: Sendable {
     // MARK: Close
 
     /// Closes every node's connection (seed: `close`), after the attempts and releases under way (of
-    /// failed attempts and of ``unlock(_:value:)``) have had up to ``closeGrace(_:)`` to finish: a
+    /// failed attempts and of ``unlock(_:value:)``) have had up to three node timeouts and 50 ms to finish: a
     /// `lock` still in flight fails with ``RedlockError/Kind/closed`` and releases what it got. Locks
     /// returned before `close()` stay held until their ttl (as `redlock lock` needs): release them
     /// first. Later calls fail with ``RedlockError/Kind/closed``; background release retries stop.

@@ -45,7 +45,7 @@ public final class Redlock: Sendable {
     private let operationsInFlight = Atomic<Int>(0)
     /// Release retry chains alive: grants skip looking for superseded ones when there are none.
     private let retryChains = RetryChain.Count()
-    private let events = DispatchQueue(label: "multiredlock.events")
+    private let eventQueue = DispatchQueue(label: "multiredlock.events")
     let metrics: RedlockMetrics
 
     private struct State {
@@ -54,6 +54,9 @@ public final class Redlock: Sendable {
         var quorumUp = false
         var closed = false
         var handlers: [RedlockEvent: [@Sendable () -> Void]] = [:]
+        /// The streams of ``Redlock/events``, by subscription.
+        var subscribers: [UInt64: AsyncStream<RedlockEvent>.Continuation] = [:]
+        var nextSubscriber: UInt64 = 0
         /// Per node, by lock value: the failed release retried as soon as the node reconnects or
         /// when its timer fires, whichever comes first. One entry per node and value, at most
         /// ``Redlock/maxPendingReleasesPerNode`` per node.
@@ -201,9 +204,39 @@ public final class Redlock: Sendable {
         state.withLock { state in
             state.handlers[event, default: []].append(handler)
             if event == .connect && state.quorumUp {
-                events.async { handler() }
+                eventQueue.async { handler() }
             }
         }
+    }
+
+    /// The events as an `AsyncStream`, a new one for each access: `.connect` at once when a quorum
+    /// is connected already, then `.connect` and `.disconnect` at each transition, in order (as
+    /// ``on(_:_:)`` reports them). The stream finishes when the Redlock is closed; stopping the
+    /// iteration ends the subscription. It keeps the newest 64 events a slow reader has not taken.
+    ///
+    /// ```swift
+    /// for await event in redlock.events {
+    ///     logger.info("redlock: \(event)")
+    /// }
+    /// ```
+    public var events: AsyncStream<RedlockEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: RedlockEvent.self, bufferingPolicy: .bufferingNewest(64))
+        let id: UInt64? = state.withLock { state in
+            guard !state.closed else { return nil }
+            state.nextSubscriber &+= 1
+            state.subscribers[state.nextSubscriber] = continuation
+            if state.quorumUp { continuation.yield(.connect) }
+            return state.nextSubscriber
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
+        }
+        return stream
     }
 
     private func node(_ index: Int, isUp: Bool) {
@@ -230,7 +263,8 @@ public final class Redlock: Sendable {
             state.quorumUp = quorumUp
             // Dispatched while holding the state lock, so events keep the order of transitions.
             let handlers = state.handlers[quorumUp ? .connect : .disconnect] ?? []
-            events.async { for handler in handlers { handler() } }
+            eventQueue.async { for handler in handlers { handler() } }
+            for subscriber in state.subscribers.values { subscriber.yield(quorumUp ? .connect : .disconnect) }
             return retries
         }
         // Not inside the connection's state callback: each retry sends a command.
@@ -821,15 +855,17 @@ public final class Redlock: Sendable {
     /// failed attempts and of ``unlock(_:value:)``) have had up to three node timeouts and 50 ms to finish: a
     /// `lock` still in flight fails with ``RedlockError/Kind/closed`` and releases what it got. Locks
     /// returned before `close()` stay held until their ttl (as `redlock lock` needs): release them
-    /// first. Later calls fail with ``RedlockError/Kind/closed``; background release retries stop.
+    /// first. Later calls fail with ``RedlockError/Kind/closed``; background release retries stop and the ``events`` streams finish.
     public func close() async {
-        let (alreadyClosed, options) = state.withLock { state in
+        let (alreadyClosed, options, subscribers) = state.withLock { state in
             defer {
                 state.closed = true
                 state.releaseRetries = Array(repeating: [:], count: nodes.count)
+                state.subscribers = [:]
             }
-            return (state.closed, state.options)
+            return (state.closed, state.options, Array(state.subscribers.values))
         }
+        for subscriber in subscribers { subscriber.finish() }
         guard !alreadyClosed else { return }
         let deadline = ContinuousClock.now + Self.closeGrace(options)
         while operationsInFlight.load(ordering: .acquiring) > 0 && ContinuousClock.now < deadline {

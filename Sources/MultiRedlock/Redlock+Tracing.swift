@@ -41,14 +41,15 @@ extension Redlock {
         static let nodeCount = "multiredlock.nodes"
     }
 
-    /// Runs `body` in a span named `name` of the options' tracer (or the bootstrapped one). The
-    /// attributes are only worked out when the span records: with the default no-op tracer this
-    /// costs what `withAnySpan` costs and nothing more.
+    /// Runs `body` in a span named `name` of the options' tracer (or the bootstrapped one). With
+    /// the default no-op tracer no span is made at all (not even the task-local context binding
+    /// `withSpan` does); otherwise the attributes are only worked out when the span records.
     func traced<T, E: Error>(
         _ name: String, _ keys: [String], options: RedlockOptions,
         outcome: (Result<T, E>) -> SpanOutcome, _ body: () async -> Result<T, E>
     ) async -> Result<T, E> {
         let tracer = options.tracer ?? InstrumentationSystem.tracer
+        if tracer is NoOpTracer { return await body() }
         let nodeCount = nodes.count
         return await tracer.withAnySpan(name, ofKind: .client) { span in
             let result = await body()

@@ -242,14 +242,14 @@ public final class Redlock: Sendable {
     private func node(_ index: Int, isUp: Bool) {
         // A node that connected may have revealed that it is another node's server (same run_id).
         let duplicates = isUp ? Self.duplicates(nodes.map(\.serverID)) : nil
-        let retries: [@Sendable () -> Void] = state.withLock { state in
+        let (retries, connected, options) = state.withLock {
+            state -> ([@Sendable () -> Void], Int?, RedlockOptions?) in
             if let duplicates { state.duplicateOf = duplicates }
-            guard state.nodeUp[index] != isUp else { return [] }
+            guard state.nodeUp[index] != isUp else { return ([], nil, nil) }
             state.nodeUp[index] = isUp
-            // Under the state lock, so the gauge and the log keep the order of the transitions.
+            // Under the state lock, so the gauge keeps the order of the transitions.
             let connected = state.nodeUp.count { $0 }
             metrics.connectedNodes.record(connected)
-            logTransition(of: index, isUp: isUp, connected: connected, options: state.options)
             // A node that is back gets its failed releases now, not when their timers fire.
             var retries: [@Sendable () -> Void] = []
             if isUp {
@@ -259,13 +259,18 @@ public final class Redlock: Sendable {
             }
             let voters = state.nodeUp.indices.count { state.nodeUp[$0] && state.duplicateOf[$0] == nil }
             let quorumUp = voters >= quorum
-            guard quorumUp != state.quorumUp else { return retries }
+            guard quorumUp != state.quorumUp else { return (retries, connected, state.options) }
             state.quorumUp = quorumUp
             // Dispatched while holding the state lock, so events keep the order of transitions.
             let handlers = state.handlers[quorumUp ? .connect : .disconnect] ?? []
             eventQueue.async { for handler in handlers { handler() } }
             for subscriber in state.subscribers.values { subscriber.yield(quorumUp ? .connect : .disconnect) }
-            return retries
+            return (retries, connected, state.options)
+        }
+        // Outside the state lock (a log handler may block); one node's changes come from its
+        // connection's serial queue, in order.
+        if let connected, let options {
+            logTransition(of: index, isUp: isUp, connected: connected, options: options)
         }
         // Not inside the connection's state callback: each retry sends a command.
         if !retries.isEmpty { Task { for retry in retries { retry() } } }

@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.7.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
     ],
     targets: [
         // Layer 1: Debian's libhiredis-dev (0.14.1), mapped as a system library.
@@ -37,6 +39,8 @@ let package = Package(
                 "Hiredis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         // In-memory nodes for users' unit tests.
@@ -44,6 +48,15 @@ let package = Package(
         // Starts and controls local redis-server processes: tests, demo, benchmarks.
         .target(name: "LocalRedis"),
         .executableTarget(name: "multiredlock-demo", dependencies: ["MultiRedlock", "LocalRedis"]),
+        // A Redlock in a ServiceGroup (README; the signal test of ServiceLifecycleTests runs it).
+        .executableTarget(
+            name: "multiredlock-service-example",
+            dependencies: [
+                "MultiRedlock",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // One-line JSON output, shared by the command-line tool and the benchmark.
         .target(name: "JSONText"),
         // The command-line tool: locks for shell scripts, cron jobs and deploy steps.
@@ -74,6 +87,10 @@ let package = Package(
                 "MultiRedlock", "MultiRedlockTesting", "LocalRedis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ]
         ),
         .testTarget(name: "LocalRedisTests", dependencies: ["LocalRedis"]),

@@ -31,7 +31,7 @@ public final class RedisNode: RedlockNode {
         self.server = server
         observed = slot
         connection = try RedisConnection(server: server, options: options, queue: queue) { state in
-            slot.call(state == .connected)
+            slot.call(state)
         }
     }
 
@@ -41,6 +41,10 @@ public final class RedisNode: RedlockNode {
 
     /// The server's `run_id` as of the last handshake.
     public var serverID: String? { connection.serverRunID }
+
+    /// `handshake done (run_id …)` after a connect; after a disconnect, the connection error's kind
+    /// and message (which never carry the password).
+    public var connectionDetail: String? { observed.detail }
 
     public var timeSinceRestart: Duration? {
         connection.serverRestartDetectedAt.map { ContinuousClock.now - $0 }
@@ -233,16 +237,25 @@ public final class RedisNode: RedlockNode {
     }
 }
 
-/// Holds the connection-state handler, which is set after the connection (and its observer) exist.
+/// Holds the connection-state handler, which is set after the connection (and its observer) exist,
+/// and why the state last changed.
 private final class HandlerSlot: Sendable {
     private let handler = Locked<(@Sendable (Bool) -> Void)?>(nil)
+    private let lastDetail = Locked<String?>(nil)
+
+    var detail: String? { lastDetail.withLock { $0 } }
 
     func set(_ newHandler: @escaping @Sendable (Bool) -> Void) {
         handler.withLock { $0 = newHandler }
     }
 
-    func call(_ connected: Bool) {
-        handler.withLock { $0 }?(connected)
+    /// Records why the state changed, then tells the handler (which may read ``detail``).
+    func call(_ state: RedisConnectionState) {
+        switch state {
+        case .connected: lastDetail.withLock { $0 = "connected (handshake done)" }
+        case .disconnected(let error): lastDetail.withLock { $0 = "\(error.kind.rawValue): \(error.message)" }
+        }
+        handler.withLock { $0 }?(state == .connected)
     }
 }
 

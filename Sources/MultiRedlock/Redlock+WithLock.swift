@@ -91,6 +91,7 @@ extension Redlock {
         }
         let lock = held.lock
         if let lost = held.lostError {
+            metrics.lost.increment()
             // Best effort and at once: the caller must not wait for retries on a lost lock.
             releaseEverywhere(
                 lock.resources, value: lock.value, until: lock.validUntil + ttl, options: options)

@@ -45,8 +45,8 @@ public final class Redlock: Sendable {
     private let operationsInFlight = Atomic<Int>(0)
     /// Release retry chains alive: grants skip looking for superseded ones when there are none.
     private let retryChains = RetryChain.Count()
-    private let events = DispatchQueue(label: "multiredlock.events")
-    private let metrics: RedlockMetrics
+    private let eventQueue = DispatchQueue(label: "multiredlock.events")
+    let metrics: RedlockMetrics
 
     private struct State {
         var options: RedlockOptions
@@ -54,6 +54,9 @@ public final class Redlock: Sendable {
         var quorumUp = false
         var closed = false
         var handlers: [RedlockEvent: [@Sendable () -> Void]] = [:]
+        /// The streams of ``Redlock/events``, by subscription.
+        var subscribers: [UInt64: AsyncStream<RedlockEvent>.Continuation] = [:]
+        var nextSubscriber: UInt64 = 0
         /// Per node, by lock value: the failed release retried as soon as the node reconnects or
         /// when its timer fires, whichever comes first. One entry per node and value, at most
         /// ``Redlock/maxPendingReleasesPerNode`` per node.
@@ -162,7 +165,8 @@ public final class Redlock: Sendable {
                 options: options, nodeUp: Array(repeating: false, count: nodes.count),
                 releaseRetries: Array(repeating: [:], count: nodes.count),
                 duplicateOf: Array(repeating: nil, count: nodes.count)))
-        metrics = RedlockMetrics()
+        metrics = RedlockMetrics(factory: options.metricsFactory ?? MetricsSystem.factory)
+        metrics.connectedNodes.record(0)
         for (index, node) in nodes.enumerated() {
             node.observeConnection { [weak self] up in self?.node(index, isUp: up) }
         }
@@ -200,18 +204,52 @@ public final class Redlock: Sendable {
         state.withLock { state in
             state.handlers[event, default: []].append(handler)
             if event == .connect && state.quorumUp {
-                events.async { handler() }
+                eventQueue.async { handler() }
             }
         }
+    }
+
+    /// The events as an `AsyncStream`, a new one for each access: `.connect` at once when a quorum
+    /// is connected already, then `.connect` and `.disconnect` at each transition, in order (as
+    /// ``on(_:_:)`` reports them). The stream finishes when the Redlock is closed; stopping the
+    /// iteration ends the subscription. It keeps the newest 64 events a slow reader has not taken.
+    ///
+    /// ```swift
+    /// for await event in redlock.events {
+    ///     logger.info("redlock: \(event)")
+    /// }
+    /// ```
+    public var events: AsyncStream<RedlockEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: RedlockEvent.self, bufferingPolicy: .bufferingNewest(64))
+        let id: UInt64? = state.withLock { state in
+            guard !state.closed else { return nil }
+            state.nextSubscriber &+= 1
+            state.subscribers[state.nextSubscriber] = continuation
+            if state.quorumUp { continuation.yield(.connect) }
+            return state.nextSubscriber
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
+        }
+        return stream
     }
 
     private func node(_ index: Int, isUp: Bool) {
         // A node that connected may have revealed that it is another node's server (same run_id).
         let duplicates = isUp ? Self.duplicates(nodes.map(\.serverID)) : nil
-        let retries: [@Sendable () -> Void] = state.withLock { state in
+        let (retries, connected, options) = state.withLock {
+            state -> ([@Sendable () -> Void], Int?, RedlockOptions?) in
             if let duplicates { state.duplicateOf = duplicates }
-            guard state.nodeUp[index] != isUp else { return [] }
+            guard state.nodeUp[index] != isUp else { return ([], nil, nil) }
             state.nodeUp[index] = isUp
+            // Under the state lock, so the gauge keeps the order of the transitions.
+            let connected = state.nodeUp.count { $0 }
+            metrics.connectedNodes.record(connected)
             // A node that is back gets its failed releases now, not when their timers fire.
             var retries: [@Sendable () -> Void] = []
             if isUp {
@@ -221,12 +259,18 @@ public final class Redlock: Sendable {
             }
             let voters = state.nodeUp.indices.count { state.nodeUp[$0] && state.duplicateOf[$0] == nil }
             let quorumUp = voters >= quorum
-            guard quorumUp != state.quorumUp else { return retries }
+            guard quorumUp != state.quorumUp else { return (retries, connected, state.options) }
             state.quorumUp = quorumUp
             // Dispatched while holding the state lock, so events keep the order of transitions.
             let handlers = state.handlers[quorumUp ? .connect : .disconnect] ?? []
-            events.async { for handler in handlers { handler() } }
-            return retries
+            eventQueue.async { for handler in handlers { handler() } }
+            for subscriber in state.subscribers.values { subscriber.yield(quorumUp ? .connect : .disconnect) }
+            return (retries, connected, state.options)
+        }
+        // Outside the state lock (a log handler may block); one node's changes come from its
+        // connection's serial queue, in order.
+        if let connected, let options {
+            logTransition(of: index, isUp: isUp, connected: connected, options: options)
         }
         // Not inside the connection's state callback: each retry sends a command.
         if !retries.isEmpty { Task { for retry in retries { retry() } } }
@@ -308,6 +352,28 @@ public final class Redlock: Sendable {
     func acquire(
         _ keys: [String], ttl: Duration, options: RedlockOptions, until limit: RetryLimit
     ) async throws -> Lock {
+        try await traced(
+            "multiredlock.lock", keys, options: options,
+            outcome: { result in
+                switch result {
+                case .success(let lock):
+                    SpanOutcome(kind: "granted", attempts: lock.attempts, nodes: lock.nodes.count)
+                case .failure(let error): SpanOutcome(error)
+                }
+            }
+        ) { () async -> Result<Lock, any Error> in
+            do {
+                return .success(try await acquireLoop(keys, ttl: ttl, options: options, until: limit))
+            } catch {
+                return .failure(error)
+            }
+        }.get()
+    }
+
+    /// The retry loop of ``acquire(_:ttl:options:until:)``.
+    private func acquireLoop(
+        _ keys: [String], ttl: Duration, options: RedlockOptions, until limit: RetryLimit
+    ) async throws -> Lock {
         let start = ContinuousClock.now
         var attempt = 0
         while true {
@@ -365,9 +431,11 @@ public final class Redlock: Sendable {
                     case .granted: true
                     }
                 }
-                _ = await releaseOnce(
-                    keys, value: value, until: expiry, options: options, on: targets,
-                    waitingFor: answeredInTime)
+                _ = await tracedRelease(keys, options: options) {
+                    await releaseOnce(
+                        keys, value: value, until: expiry, options: options, on: targets,
+                        waitingFor: answeredInTime)
+                }
                 if wait > .zero { try await Task.sleep(for: wait) }
                 try Task.checkCancellation()
             }
@@ -533,7 +601,31 @@ public final class Redlock: Sendable {
         guard !value.isEmpty else {
             throw RedlockError(.invalidArgument, resource: resource, message: "the lock value is empty")
         }
-        metrics.attempts.increment()
+        return try await traced(
+            "multiredlock.renew", keys, options: options,
+            outcome: { result in
+                switch result {
+                case .success(let lock): SpanOutcome(kind: "renewed", attempts: 1, nodes: lock.nodes.count)
+                case .failure(let error): SpanOutcome(error)
+                }
+            }
+        ) { () async -> Result<Lock, RedlockError> in
+            do throws(RedlockError) {
+                return .success(
+                    try await renewOnce(
+                        keys, value: value, ttl: ttl, fencingToken: fencingToken, options: options))
+            } catch {
+                return .failure(error)
+            }
+        }.get()
+    }
+
+    /// One renew round: compare-and-pexpire on every node.
+    private func renewOnce(
+        _ keys: [String], value: String, ttl: Duration, fencingToken: Int64?, options: RedlockOptions
+    ) async throws(RedlockError) -> Lock {
+        let resource = Lock.name(of: keys)
+        metrics.renewAttempts.increment()
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
         let tally = await fanOut(.extend, options: options) { _, node, done in
@@ -544,6 +636,8 @@ public final class Redlock: Sendable {
         let validUntil = start + .milliseconds(ttl.wholeMilliseconds) - options.driftAllowance(for: ttl)
         log(options, "renew", resource, attempt: 1, tally: tally, elapsed: now - start)
         if tally.decision == .succeeded && now < validUntil {
+            metrics.renewals.increment()
+            metrics.renewDuration.recordInterval(since: start)
             return Lock(
                 resources: keys, value: value, validity: validUntil - now, ttl: ttl, validUntil: validUntil,
                 attempts: 1, nodes: tally.grantedIndices.map { names[$0] }, fencingToken: fencingToken)
@@ -557,7 +651,7 @@ public final class Redlock: Sendable {
                 keys, value: value, until: now + ttl, options: options,
                 on: tally.outcomes.map { $0 != .refused })
         }
-        metrics.failed(error.kind)
+        metrics.renewFailed(error.kind)
         throw error
     }
 
@@ -602,7 +696,9 @@ public final class Redlock: Sendable {
         }
         // Every key of this lock was set or extended before now, so it expires within its ttl from now.
         let tally = await inFlight {
-            await releaseOnce(lock.resources, value: lock.value, until: .now + lock.ttl, options: options)
+            await tracedRelease(lock.resources, options: options) {
+                await releaseOnce(lock.resources, value: lock.value, until: .now + lock.ttl, options: options)
+            }
         }
         log(options, "release", lock.resource, attempt: 1, tally: tally, elapsed: .zero)
         if tally.succeeded > 0 { return tally.succeeded }
@@ -626,9 +722,44 @@ public final class Redlock: Sendable {
     ) {
         operationsInFlight.add(1, ordering: .relaxed)
         Task {
-            _ = await self.releaseOnce(keys, value: value, until: expiry, options: options, on: targets)
+            _ = await self.tracedRelease(keys, options: options) {
+                await self.releaseOnce(keys, value: value, until: expiry, options: options, on: targets)
+            }
             self.operationsInFlight.subtract(1, ordering: .releasing)
         }
+    }
+
+    /// A release round in a `multiredlock.release` span: the outcome is `released` when a node
+    /// deleted the keys, `notHeld` when every node answered and none held them, else
+    /// `quorumUnavailable`.
+    private func tracedRelease(
+        _ keys: [String], options: RedlockOptions, _ round: () async -> QuorumTally
+    ) async -> QuorumTally {
+        await traced(
+            "multiredlock.release", keys, options: options,
+            outcome: { (result: Result<QuorumTally, Never>) in
+                let tally = result.get()
+                let kind =
+                    tally.succeeded > 0
+                    ? "released"
+                    : tally.failed == 0
+                        ? RedlockError.Kind.notHeld.rawValue : RedlockError.Kind.quorumUnavailable.rawValue
+                return SpanOutcome(kind: kind, attempts: 1, nodes: tally.succeeded)
+            }
+        ) { () async -> Result<QuorumTally, Never> in
+            .success(await round())
+        }.get()
+    }
+
+    /// Logs (at debug) why node `index` connected or disconnected, and how many nodes are connected.
+    private func logTransition(of index: Int, isUp: Bool, connected: Int, options: RedlockOptions) {
+        options.logger.debug(
+            isUp ? "node connected" : "node disconnected",
+            metadata: [
+                "node": "\(names[index])",
+                "reason": "\(nodes[index].connectionDetail ?? (isUp ? "connected" : "no reason given"))",
+                "connected": "\(connected)", "nodes": "\(nodes.count)", "quorum": "\(quorum)",
+            ])
     }
 
     /// Compare-and-delete on the nodes marked in `targets` (all by default; the others count as
@@ -726,18 +857,20 @@ public final class Redlock: Sendable {
     // MARK: Close
 
     /// Closes every node's connection (seed: `close`), after the attempts and releases under way (of
-    /// failed attempts and of ``unlock(_:value:)``) have had up to ``closeGrace(_:)`` to finish: a
+    /// failed attempts and of ``unlock(_:value:)``) have had up to three node timeouts and 50 ms to finish: a
     /// `lock` still in flight fails with ``RedlockError/Kind/closed`` and releases what it got. Locks
     /// returned before `close()` stay held until their ttl (as `redlock lock` needs): release them
-    /// first. Later calls fail with ``RedlockError/Kind/closed``; background release retries stop.
+    /// first. Later calls fail with ``RedlockError/Kind/closed``; background release retries stop and the ``events`` streams finish.
     public func close() async {
-        let (alreadyClosed, options) = state.withLock { state in
+        let (alreadyClosed, options, subscribers) = state.withLock { state in
             defer {
                 state.closed = true
                 state.releaseRetries = Array(repeating: [:], count: nodes.count)
+                state.subscribers = [:]
             }
-            return (state.closed, state.options)
+            return (state.closed, state.options, Array(state.subscribers.values))
         }
+        for subscriber in subscribers { subscriber.finish() }
         guard !alreadyClosed else { return }
         let deadline = ContinuousClock.now + Self.closeGrace(options)
         while operationsInFlight.load(ordering: .acquiring) > 0 && ContinuousClock.now < deadline {

@@ -4,22 +4,34 @@
 /// (``Kind/quorumUnavailable``), which peers' users most often ask for.
 public struct RedlockError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What kind of failure this is.
-    public enum Kind: String, Sendable, Hashable {
+    ///
+    /// A struct with static members, not an enum: a later release can add a kind without breaking
+    /// your code. Compare with `==` or match in a `switch`, which then needs a `default`.
+    public struct Kind: Sendable, Hashable, CustomStringConvertible {
+        /// The kind's name, as in logs and metrics (`taken`).
+        public let rawValue: String
+
+        private init(_ rawValue: String) {
+            self.rawValue = rawValue
+        }
+
+        public var description: String { rawValue }
+
         /// Held by someone else: enough nodes hold another value that no quorum was possible.
-        case taken
+        public static let taken = Kind("taken")
         /// Not enough nodes answered (unreachable, timed out, error replies) to reach a quorum.
-        case quorumUnavailable
+        public static let quorumUnavailable = Kind("quorumUnavailable")
         /// A quorum granted the lock, but the time it took used up the whole validity.
-        case validityExpired
+        public static let validityExpired = Kind("validityExpired")
         /// Renew or release of a lock that is not held (expired, released, or never ours).
-        case notHeld
+        public static let notHeld = Kind("notHeld")
         /// Bad input: empty resource, non-positive ttl, ttl not above the drift allowance, bad server list, …
-        case invalidArgument
+        public static let invalidArgument = Kind("invalidArgument")
         /// The ``Redlock`` was closed.
-        case closed
+        public static let closed = Kind("closed")
         /// A lock held by ``Redlock/withLock(_:ttl:_:)-(String,_,_)`` was lost: renewing failed until its validity
         /// ran out, a quorum said it was no longer held, or the maximum hold time was reached.
-        case lost
+        public static let lost = Kind("lost")
     }
 
     /// What kind of failure this is.

@@ -58,6 +58,10 @@ public protocol RedlockNode: Sendable {
     /// not count a restarted node's grants for a while (see ``RedlockOptions/restartQuarantine``).
     /// The default is nil.
     var timeSinceRestart: Duration? { get }
+    /// Why the node's connection last changed state, in words (e.g. the connect error), for the log
+    /// line ``Redlock`` writes at each change; nil when the node does not say. Never contains a
+    /// password. The default is nil.
+    var connectionDetail: String? { get }
     /// Closes the node's connection.
     func close() async
 }
@@ -66,6 +70,8 @@ extension RedlockNode {
     public var serverID: String? { nil }
 
     public var timeSinceRestart: Duration? { nil }
+
+    public var connectionDetail: String? { nil }
 
     public func acquire(
         keys: [String], value: String, ttl: Duration, timeout: Duration,
@@ -123,24 +129,36 @@ public enum NodeResult: Sendable, Hashable {
 /// Why a node gave no usable answer.
 public struct NodeFailure: Error, Sendable, Hashable, CustomStringConvertible {
     /// The kinds of failure.
-    public enum Kind: String, Sendable, Hashable {
+    ///
+    /// A struct with static members, not an enum: a later release can add a kind without breaking
+    /// your code. Compare with `==` or match in a `switch`, which then needs a `default`.
+    public struct Kind: Sendable, Hashable, CustomStringConvertible {
+        /// The kind's name, as in logs and metrics (`timeout`).
+        public let rawValue: String
+
+        private init(_ rawValue: String) {
+            self.rawValue = rawValue
+        }
+
+        public var description: String { rawValue }
+
         /// The server answered with an error (OOM, READONLY, NOAUTH, BUSY, …).
-        case errorReply
+        public static let errorReply = Kind("errorReply")
         /// No answer within the node timeout; the command may have run.
-        case timeout
+        public static let timeout = Kind("timeout")
         /// The connection broke while the command was pending; it may have run.
-        case connectionLost
+        public static let connectionLost = Kind("connectionLost")
         /// Not connected: the command was not sent.
-        case unreachable
+        public static let unreachable = Kind("unreachable")
         /// The node was closed.
-        case closed
+        public static let closed = Kind("closed")
         /// The server restarted (its `run_id` changed) within the restart quarantine (see
         /// ``RedlockOptions/restartQuarantine``): it may have lost locks it held, so its grants do
         /// not count yet. The key was set.
-        case restarted
+        public static let restarted = Kind("restarted")
         /// The node is the same server as an earlier node in the list (the same `run_id`, reached
         /// under another address): it does not vote, so one server never counts twice.
-        case duplicate
+        public static let duplicate = Kind("duplicate")
     }
 
     /// The kind of failure.

@@ -1,4 +1,6 @@
 import Logging
+import Metrics
+import Tracing
 
 /// How a ``Redlock`` locks: identity, clock drift, retries and timeouts. Every default is stated
 /// in its property's comment and set here, in one place.
@@ -66,6 +68,15 @@ public struct RedlockOptions: Sendable {
     /// Where the library logs. The default is a logger labelled `multiredlock`.
     public var logger: Logger
 
+    /// Where the metrics go (names in the Operating it article). The default, nil, is the backend
+    /// the application bootstrapped (`MetricsSystem.factory`; none records anything).
+    public var metricsFactory: (any MetricsFactory)?
+
+    /// Where the spans of `lock`, `renew` and release go (`multiredlock.lock`, `multiredlock.renew`,
+    /// `multiredlock.release`). The default, nil, is the tracer the application bootstrapped
+    /// (`InstrumentationSystem.tracer`; a no-op one unless it bootstrapped another).
+    public var tracer: (any Tracer)?
+
     /// The wait before the first background retry of a release that failed on a node, and the
     /// longest wait it doubles up to. A node that reconnects gets its retries at once. Not public:
     /// 50 ms … 2 s always; tests lengthen it to tell the reconnect from the timer.
@@ -84,7 +95,9 @@ public struct RedlockOptions: Sendable {
         fencingTokens: Bool = false,
         restartQuarantine: RestartQuarantine = .longestTTL,
         debug: Bool = false,
-        logger: Logger = Logger(label: "multiredlock")
+        logger: Logger = Logger(label: "multiredlock"),
+        metricsFactory: (any MetricsFactory)? = nil,
+        tracer: (any Tracer)? = nil
     ) {
         self.id = id ?? hostName()
         self.drift = drift
@@ -98,6 +111,8 @@ public struct RedlockOptions: Sendable {
         self.restartQuarantine = restartQuarantine
         self.debug = debug
         self.logger = logger
+        self.metricsFactory = metricsFactory
+        self.tracer = tracer
     }
 
     /// The validity lost to clock drift for a lock of `ttl`: `drift + driftFactor × ttl`.

@@ -38,7 +38,9 @@ extension Failover {
                 #expect(try await redlock.release(other) == 3)
             }
             let renewed = try await redlock.renew(lock, ttl: .seconds(20))
-            #expect(renewed.validity > .seconds(19))
+            // More than the first ttl could give: the renew's 20 s took effect. (Not "close to 20 s":
+            // under AddressSanitizer on a loaded machine a renew took over a second.)
+            #expect(renewed.validity > .seconds(10) && renewed.ttl == .seconds(20))
             #expect(try await redlock.release(renewed) == 3)
             for server in group.servers {
                 #expect(try await Fault.dbsize(server) == 0, "\(label): nothing left")

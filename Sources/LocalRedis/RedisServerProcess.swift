@@ -230,9 +230,34 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
         return (try? connection.readLine(timeout: timeout)) ?? nil
     }
 
-    /// `rawPing(port:timeout:)` on this server's port.
+    /// PING over a fresh TCP connection, after `AUTH` with `configuration.password` when it has one:
+    /// "+PONG", or nil when the connection is refused or no reply arrives within `timeout` (e.g. the
+    /// server is paused). The unauthenticated form is `rawPing(port:timeout:)`.
     public func rawPing(timeout: Duration = .milliseconds(250)) -> String? {
-        Self.rawPing(port: port, timeout: timeout)
+        guard let connection = try? rawConnection(timeout: timeout) else { return nil }
+        defer { connection.close() }
+        guard (try? connection.sendRaw("PING\r\n", timeout: timeout)) != nil else { return nil }
+        return (try? connection.readLine(timeout: timeout)) ?? nil
+    }
+
+    /// A `RawRedisConnection` to this server's TCP port, authenticated with `configuration.password`
+    /// when it has one. Throws `.connectionFailed`, or `.connectionIO` if AUTH gets no `+OK` within
+    /// `timeout` (the reply is not shown: it could echo nothing secret, but says nothing useful either).
+    public func rawConnection(timeout: Duration = .seconds(2)) throws -> RawRedisConnection {
+        let connection = try RawRedisConnection(port: port, timeout: timeout)
+        if let password = configuration.password {
+            try connection.send(arguments: ["AUTH", password], timeout: timeout)
+            let reply = try connection.readLine(timeout: timeout)
+            guard reply == "+OK" else {
+                connection.close()
+                throw LocalRedisError(
+                    .connectionIO,
+                    "AUTH on 127.0.0.1:\(port) got "
+                        + (reply.map { "a reply other than +OK: \($0)" } ?? "no reply")
+                )
+            }
+        }
+        return connection
     }
 
     // MARK: - State

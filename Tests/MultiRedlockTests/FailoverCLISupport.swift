@@ -34,9 +34,12 @@ enum FaultCLI {
             path, "the redlock executable was not found next to the test binary (set MULTIREDLOCK_REDLOCK)")
     }
 
-    /// The environment children run with: this process's, without any REDLOCK_ variable, plus `extra`.
+    /// The environment children run with: this process's, without any REDLOCK_ variable, with
+    /// `REDLOCK_PASSWORD` set to the password LocalRedis gives every server by default (never on a
+    /// command line), plus `extra` (`"REDLOCK_PASSWORD": ""` for none).
     static func environment(_ extra: [String: String] = [:]) -> [String: String] {
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REDLOCK_") }
+        environment["REDLOCK_PASSWORD"] = RedisServerConfiguration.defaultPassword
         for (key, value) in extra { environment[key] = value }
         return environment
     }

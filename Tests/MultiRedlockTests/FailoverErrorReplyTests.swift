@@ -124,7 +124,9 @@ extension Failover {
                 timeout: .seconds(10))
             let node = group[0]
             let password = "fault-pass-\(UInt32.random(in: 0...UInt32.max))"
-            _ = try await node.cli("CONFIG", "SET", "requirepass", password)
+            // Through a socket, not redis-cli: a password never goes on an argv.
+            let setPassword = ["CONFIG", "SET", "requirepass", password]
+            #expect(try await Fault.command(node.port, setPassword, password: nil) == "+OK")
             #expect(try await Fault.command(node.port, ["PING"], password: nil)?.hasPrefix("-NOAUTH") == true)
             #expect(try await Fault.command(node.port, ["PING"], password: password) == "+PONG")
 

@@ -173,11 +173,22 @@ struct HardeningTests {
             close(saved)
         }
         close(0)
-        let connection = try RedisConnection(server: server.address(), options: .patient)
-        #expect(try await connection.send(["PING"]) == .status("PONG"))
-        // The fault: the connection's socket is descriptor 0 (another suite running at the same
-        // time may have taken it first; then this run shows nothing).
-        try #require(peerPort(of: 0) == server.port, "the socket did not get descriptor 0")
+        // The fault: the connection's socket is descriptor 0. Another suite running at the same time
+        // may take descriptor 0 first: then close ours and try again (bounded) once 0 is free.
+        var found: RedisConnection?
+        for _ in 0..<100 where found == nil {
+            if fcntl(0, F_GETFD) == -1 {
+                let candidate = try RedisConnection(server: server.address(), options: .patient)
+                #expect(try await candidate.send(["PING"]) == .status("PONG"))
+                if peerPort(of: 0) == server.port {
+                    found = candidate
+                } else {
+                    #expect(await candidate.closed())
+                }
+            }
+            if found == nil { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        let connection = try #require(found, "the socket never got descriptor 0")
 
         #expect(await connection.closed())
         #expect(peerPort(of: 0) != server.port, "descriptor 0 still holds the closed connection's socket")

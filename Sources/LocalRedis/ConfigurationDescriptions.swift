@@ -14,10 +14,9 @@ extension ACLUser: CustomStringConvertible, CustomDebugStringConvertible, Custom
 }
 
 extension RedisServerConfiguration: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
-    /// The fields that differ from the defaults, with passwords as `***`.
+    /// Whether it has a password (shown as `***`), then the fields that differ from the defaults.
     public var description: String {
-        var fields: [String] = []
-        if password != nil { fields.append("password: ***") }
+        var fields: [String] = [password == nil ? "password: nil" : "password: ***"]
         if !aclUsers.isEmpty {
             fields.append("aclUsers: [\(aclUsers.map(\.description).joined(separator: ", "))]")
         }

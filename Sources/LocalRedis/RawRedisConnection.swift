@@ -7,8 +7,9 @@
 #endif
 
 /// A bare socket to a redis server for tests that must see exactly what goes over the wire: no client
-/// library, no reconnects, no authentication unless you send AUTH yourself. Every operation is bounded
-/// by a timeout. Not thread-safe: use one connection from one thread (or task) at a time.
+/// library, no reconnects, no authentication unless you send AUTH yourself (LocalRedis's servers
+/// require `RedisServerConfiguration.defaultPassword` by default: `RedisServerProcess.rawConnection()`
+/// connects and authenticates). Every operation is bounded by a timeout. Not thread-safe: use one connection from one thread (or task) at a time.
 public final class RawRedisConnection {
     private var fd: Int32
     private var buffer: [UInt8] = []

@@ -11,8 +11,24 @@ public struct ACLUser: Sendable, Hashable {
 
 /// How a local redis-server is configured. Everything is written to the server's redis.conf, so no
 /// secret ever appears on a command line.
+///
+/// By default a server requires `defaultPassword`, a random password made once per process: other
+/// users of the machine can reach 127.0.0.1 too, and must not be able to use (or `DEBUG`, or
+/// `CONFIG SET dir`) a test's server. Pass `password: nil` for a server without one.
 public struct RedisServerConfiguration: Sendable, Hashable {
-    /// `requirepass`: the default user's password. Written to the config file only (mode 0600).
+    /// The password every server of this process requires unless its configuration says otherwise:
+    /// 32 hex digits (128 bits) from the system's random number generator, made on first use. Only
+    /// this process knows it (it is written to the servers' 0600 redis.conf files, in 0700 directories).
+    public static let defaultPassword: String = {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<2).map { _ in
+            let hex = String(generator.next() as UInt64, radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }.joined()
+    }()
+
+    /// `requirepass`: the default user's password (`defaultPassword` unless set; nil for none).
+    /// Written to the config file only (mode 0600).
     public var password: String?
     /// Extra ACL users with full access.
     public var aclUsers: [ACLUser]
@@ -27,7 +43,7 @@ public struct RedisServerConfiguration: Sendable, Hashable {
     public var extraConfig: [String]
 
     public init(
-        password: String? = nil,
+        password: String? = RedisServerConfiguration.defaultPassword,
         aclUsers: [ACLUser] = [],
         enableDebugCommand: Bool = false,
         appendOnly: Bool = false,

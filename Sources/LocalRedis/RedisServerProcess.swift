@@ -121,7 +121,10 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
                     unixSocketPath: socketPath
                 )
                 try writeFile(directory + "/redis.conf", contents)
-                switch try launch(executable: executable, directory: directory, port: port) {
+                switch try launch(
+                    executable: executable, directory: directory, port: port,
+                    password: configuration.password)
+                {
                 case .ready(let pid):
                     let server = RedisServerProcess(
                         port: port,
@@ -163,6 +166,7 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
         executable: String,
         directory: String,
         port: Int,
+        password: String?,
         timeout: Duration = readinessTimeout
     ) throws -> LaunchOutcome {
         let pidFile = directory + "/redis.pid"
@@ -201,7 +205,11 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
                 )
             }
             let pidFileContents = readFileString(pidFile)?.trimmingCharacters(in: .whitespacesAndNewlines)
-            if pidFileContents == String(pid), let reply = rawPing(port: port), !reply.hasPrefix("-LOADING") {
+            // With a password, AUTH first: redis answers NOAUTH before LOADING, so an unauthenticated
+            // PING would pass a server still loading its append-only file for ready.
+            if pidFileContents == String(pid), let reply = readinessPing(port: port, password: password),
+                !reply.hasPrefix("-LOADING")
+            {
                 return .ready(pid)
             }
             if deadline.hasPassed {
@@ -220,6 +228,20 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
         }
     }
 
+    /// PING after AUTH with `password` (when not nil) over a fresh connection: the PING's reply, or nil.
+    static func readinessPing(port: Int, password: String?, timeout: Duration = .milliseconds(250))
+        -> String?
+    {
+        guard let password else { return rawPing(port: port, timeout: timeout) }
+        guard let connection = try? RawRedisConnection(port: port, timeout: timeout) else { return nil }
+        defer { connection.close() }
+        guard (try? connection.send(arguments: ["AUTH", password], timeout: timeout)) != nil,
+            (try? connection.readLine(timeout: timeout)) != nil,
+            (try? connection.sendRaw("PING\r\n", timeout: timeout)) != nil
+        else { return nil }
+        return (try? connection.readLine(timeout: timeout)) ?? nil
+    }
+
     /// Sends an inline PING over a fresh TCP connection to 127.0.0.1:`port` and returns the first reply
     /// line ("+PONG", "-NOAUTH Authentication required.", …), or nil when the connection is refused or
     /// no reply arrives within `timeout` (e.g. the server is paused).
@@ -230,9 +252,34 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
         return (try? connection.readLine(timeout: timeout)) ?? nil
     }
 
-    /// `rawPing(port:timeout:)` on this server's port.
+    /// PING over a fresh TCP connection, after `AUTH` with `configuration.password` when it has one:
+    /// "+PONG", or nil when the connection is refused or no reply arrives within `timeout` (e.g. the
+    /// server is paused). The unauthenticated form is `rawPing(port:timeout:)`.
     public func rawPing(timeout: Duration = .milliseconds(250)) -> String? {
-        Self.rawPing(port: port, timeout: timeout)
+        guard let connection = try? rawConnection(timeout: timeout) else { return nil }
+        defer { connection.close() }
+        guard (try? connection.sendRaw("PING\r\n", timeout: timeout)) != nil else { return nil }
+        return (try? connection.readLine(timeout: timeout)) ?? nil
+    }
+
+    /// A `RawRedisConnection` to this server's TCP port, authenticated with `configuration.password`
+    /// when it has one. Throws `.connectionFailed`, or `.connectionIO` if AUTH gets no `+OK` within
+    /// `timeout` (the reply is not shown: it could echo nothing secret, but says nothing useful either).
+    public func rawConnection(timeout: Duration = .seconds(2)) throws -> RawRedisConnection {
+        let connection = try RawRedisConnection(port: port, timeout: timeout)
+        if let password = configuration.password {
+            try connection.send(arguments: ["AUTH", password], timeout: timeout)
+            let reply = try connection.readLine(timeout: timeout)
+            guard reply == "+OK" else {
+                connection.close()
+                throw LocalRedisError(
+                    .connectionIO,
+                    "AUTH on 127.0.0.1:\(port) got "
+                        + (reply.map { "a reply other than +OK: \($0)" } ?? "no reply")
+                )
+            }
+        }
+        return connection
     }
 
     // MARK: - State
@@ -372,7 +419,10 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
             if currentPID != nil { return }
             let deadline = Deadline(after: Self.portReleaseTimeout)
             while true {
-                switch try Self.launch(executable: executable, directory: directory, port: port) {
+                switch try Self.launch(
+                    executable: executable, directory: directory, port: port,
+                    password: configuration.password)
+                {
                 case .ready(let pid):
                     currentPID = pid
                     return

@@ -134,12 +134,15 @@ say("")
 say("== 1. Three independent Redis masters")
 let group = try RedisServerGroup.start(count: 3)
 defer { group.stopAll() }
-let servers = group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }
+// LocalRedis gives every server a random password (other users of this machine reach 127.0.0.1 too);
+// the connections below send it, and the tool gets it through $REDLOCK_PASSWORD, never its argv.
+let password = RedisServerConfiguration.defaultPassword
+let servers = group.ports.map { RedisServer(host: "127.0.0.1", port: $0, password: password) }
 for (index, server) in group.servers.enumerated() {
     say("   node \(index + 1): redis-server pid \(server.pid.map(String.init) ?? "?") on \(servers[index])")
 }
-let serverList = servers.map(\.description).joined(separator: ",")
-let env = ["REDLOCK_SERVERS": serverList]
+let serverList = group.ports.map { "127.0.0.1:\($0)" }.joined(separator: ",")
+let env = ["REDLOCK_SERVERS": serverList, "REDLOCK_PASSWORD": password]
 
 say("\n== 2. One hiredis connection per node, driven by Dispatch: PING round trips")
 for server in servers {
@@ -158,7 +161,7 @@ for server in servers {
 // MARK: - 3. The tool
 
 say("\n== 3. The redlock tool: a lock is held when a majority (2 of 3) agreed")
-say("   $ export REDLOCK_SERVERS=\(serverList)")
+say("   $ export REDLOCK_SERVERS=\(serverList) REDLOCK_PASSWORD=…  # the servers' random password")
 let acquireArguments = ["acquire", "invoice-42"]
 let acquired = redlock(acquireArguments, environment: env)
 show(acquireArguments, acquired, note: "validity = ttl 10 s − time taken − drift (100 ms + 1% of the ttl)")

@@ -235,7 +235,7 @@ struct ConnectionTests {
     @Test func missingPasswordFailsAsAuthenticationFailed() async throws {
         let server = try await RedisServerProcess.start(.init(password: "pass-\(UUID().uuidString)"))
         defer { server.stopInBackground() }
-        let connection = try RedisConnection(server: server.address(), options: .patient)
+        let connection = try RedisConnection(server: server.address(password: nil), options: .patient)
         let result = try #require(await connection.result(of: ["PING"], within: .seconds(10)))
         #expect(result.failure?.failed(because: .authenticationFailed) == true, "\(result)")
         await connection.close()
@@ -358,7 +358,9 @@ struct ConnectionTests {
         let server = try await RedisServerProcess.start()
         defer { server.stopInBackground() }
         let connection = try RedisConnection(
-            server: RedisServer(host: "localhost", port: server.port), options: .patient)
+            server: RedisServer(
+                host: "localhost", port: server.port, password: RedisServerConfiguration.defaultPassword),
+            options: .patient)
         #expect(try await connection.send(["PING"]) == .status("PONG"))
         let key = unique("localhost")
         #expect(try await connection.send(["SET", key, "resolved"]) == .status("OK"))

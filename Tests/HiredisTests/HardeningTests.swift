@@ -97,7 +97,8 @@ struct HardeningTests {
         defer { proxy.stop() }
         let log = StateLog()
         let connection = try RedisConnection(
-            server: RedisServer(host: "127.0.0.1", port: proxy.port),
+            server: RedisServer(
+                host: "127.0.0.1", port: proxy.port, password: RedisServerConfiguration.defaultPassword),
             options: RedisConnectionOptions(
                 connectTimeout: .seconds(2), commandTimeout: .seconds(2),
                 reconnectInitialDelay: .milliseconds(25), reconnectMaxDelay: .seconds(2)),
@@ -250,7 +251,9 @@ struct HardeningTests {
         defer { proxy.stop() }
         let log = StateLog()
         let connection = try RedisConnection(
-            server: RedisServer(host: "127.0.0.1", port: proxy.port), options: .patient,
+            server: RedisServer(
+                host: "127.0.0.1", port: proxy.port, password: RedisServerConfiguration.defaultPassword),
+            options: .patient,
             onStateChange: log.observer)
         #expect(try await connection.send(["PING"]) == .status("PONG"))
         try #require(log.disconnections.isEmpty)

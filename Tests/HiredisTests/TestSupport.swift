@@ -17,14 +17,19 @@ import Testing
 // MARK: - Servers
 
 extension RedisServerProcess {
-    /// This server's TCP address, for a `RedisConnection`.
-    func address(password: String? = nil, username: String? = nil, database: Int? = nil) -> RedisServer {
+    /// This server's TCP address, for a `RedisConnection`, with the password LocalRedis gives every
+    /// server by default (pass another one, or nil for none).
+    func address(
+        password: String? = RedisServerConfiguration.defaultPassword, username: String? = nil,
+        database: Int? = nil
+    ) -> RedisServer {
         RedisServer(host: "127.0.0.1", port: port, password: password, username: username, database: database)
     }
 
     /// This server's unix socket address; the server must have been started with `unixSocket: true`.
-    func unixAddress() throws -> RedisServer {
-        RedisServer(unixSocket: try #require(unixSocketPath, "the server has no unix socket"))
+    func unixAddress(password: String? = RedisServerConfiguration.defaultPassword) throws -> RedisServer {
+        RedisServer(
+            unixSocket: try #require(unixSocketPath, "the server has no unix socket"), password: password)
     }
 
     /// `connected_clients` from INFO: how many connections the server has, redis-cli's included.

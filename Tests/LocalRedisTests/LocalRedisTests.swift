@@ -104,8 +104,9 @@ struct LocalRedisTests {
         // redis-cli authenticates through REDISCLI_AUTH.
         #expect(try server.cli("PING") == "PONG")
         // A connection that does not authenticate is refused service.
-        let reply = try #require(server.rawPing(timeout: .seconds(2)))
+        let reply = try #require(RedisServerProcess.rawPing(port: server.port, timeout: .seconds(2)))
         #expect(reply.hasPrefix("-NOAUTH"))
+        #expect(server.rawPing(timeout: .seconds(2)) == "+PONG")
         let connection = try RawRedisConnection(port: server.port)
         #expect(try connection.request("AUTH", password) == "+OK")
         #expect(try connection.request("PING") == "+PONG")
@@ -122,6 +123,50 @@ struct LocalRedisTests {
         // … but in the config file, readable by its owner only.
         #expect(try #require(readText(server.configFilePath)).contains("requirepass"))
         #expect(fileMode(server.configFilePath) == 0o600)
+    }
+
+    // Issue 14.6: other users of the machine reach 127.0.0.1 too, so a server started with the
+    // default configuration requires a password (random, one per process), which is on no command line.
+    @Test func defaultServerRequiresARandomPasswordThatIsOnNoCommandLine() throws {
+        let password = RedisServerConfiguration.defaultPassword
+        #expect(password.count == 32 && password.allSatisfy(\.isHexDigit), "not 32 hex digits")
+        #expect(RedisServerConfiguration().password == password)
+        let server = try RedisServerProcess.start()
+        defer { server.stop() }
+
+        // Without AUTH: refused, also for DEBUG on a server that allows it.
+        let reply = try #require(RedisServerProcess.rawPing(port: server.port, timeout: .seconds(2)))
+        #expect(reply.hasPrefix("-NOAUTH"), "unauthenticated PING got \(reply)")
+        let debug = try RedisServerProcess.start(.init(enableDebugCommand: true))
+        defer { debug.stop() }
+        let anonymous = try RawRedisConnection(port: debug.port)
+        #expect(try anonymous.request("DEBUG", "SLEEP", "0")?.hasPrefix("-NOAUTH") == true)
+        // With it: served (redis-cli, a raw connection, rawPing).
+        #expect(try server.cli("PING") == "PONG")
+        #expect(try debug.rawConnection().request("DEBUG", "SLEEP", "0") == "+OK")
+        #expect(server.rawPing() == "+PONG")
+        let wrong = try RawRedisConnection(port: server.port)
+        #expect(try wrong.request("AUTH", "not-\(password)")?.hasPrefix("-WRONGPASS") == true)
+
+        // The password is in the 0600 config file only: not on the server's command line nor in
+        // its environment, and the configuration prints it as ***.
+        let pid = try #require(server.pid)
+        let commandLine = try #require(readText("/proc/\(pid)/cmdline"))
+        #expect(commandLine.contains("redis-server"))
+        #expect(!commandLine.contains(password))
+        #expect(!(try #require(readText("/proc/\(pid)/environ"))).contains(password))
+        #expect(try #require(readText(server.configFilePath)).contains("requirepass \"\(password)\""))
+        #expect(fileMode(server.configFilePath) == 0o600)
+        #expect(fileMode(server.directory) == 0o700)
+        #expect(!"\(server.configuration)".contains(password))
+        #expect("\(server.configuration)".contains("password: ***"))
+
+        // Asked for: a server without a password.
+        let open = try RedisServerProcess.start(.init(password: nil))
+        defer { open.stop() }
+        #expect(RedisServerProcess.rawPing(port: open.port, timeout: .seconds(2)) == "+PONG")
+        #expect(try open.cli("PING") == "PONG")
+        #expect("\(open.configuration)".contains("password: nil"))
     }
 
     @Test func aclUserCanAuthenticateOverARawSocket() throws {
@@ -266,6 +311,7 @@ struct LocalRedisTests {
 
         // The kernel still accepts the connection, but nobody answers.
         let connection = try RawRedisConnection(port: server.port)
+        try connection.send("AUTH", RedisServerConfiguration.defaultPassword)
         try connection.sendRaw("PING\r\n")
         let clock = ContinuousClock()
         var reply: String?
@@ -280,6 +326,7 @@ struct LocalRedisTests {
 
         #expect(server.resume())
         #expect(!server.isPaused)
+        #expect(try connection.readLine(timeout: .seconds(2)) == "+OK")
         #expect(try connection.readLine(timeout: .seconds(2)) == "+PONG")
         #expect(try server.cli("PING") == "PONG")
     }
@@ -384,6 +431,7 @@ struct LocalRedisTests {
         #expect(stat(path, &info) == 0)
         #expect((info.st_mode & S_IFMT) == S_IFSOCK)
         let connection = try RawRedisConnection(unixSocketPath: path)
+        #expect(try connection.request("AUTH", RedisServerConfiguration.defaultPassword) == "+OK")
         #expect(try connection.request("PING") == "+PONG")
         #expect(try connection.request("SET", "via", "unix") == "+OK")
         #expect(try server.cli("GET", "via") == "unix")
@@ -393,6 +441,7 @@ struct LocalRedisTests {
         server.kill9()
         try server.restart()
         let again = try RawRedisConnection(unixSocketPath: path)
+        #expect(try again.request("AUTH", RedisServerConfiguration.defaultPassword) == "+OK")
         #expect(try again.request("PING") == "+PONG")
 
         let plain = try RedisServerProcess.start()

@@ -42,6 +42,10 @@ import Testing
 
     typealias Body = @Sendable (_ port: Int) async throws -> Void
 
+    /// The password of the server a case runs against. The cases run in a child process, which has a
+    /// `RedisServerConfiguration.defaultPassword` of its own: the test passes the parent's in.
+    @TaskLocal static var serverPassword: String?
+
     struct Case: Sendable {
         /// The outcomes that count as handled; more than one only where timing decides between them
         /// (an accepted one-nanosecond timeout against a real server).
@@ -102,7 +106,10 @@ import Testing
 
     /// A Redlock on the real server at `port` (one node), used for one lock and closed.
     static func onServer(_ port: Int, _ options: RedlockOptions) async throws {
-        let redlock = try Redlock(servers: [RedisServer(host: "127.0.0.1", port: port)], options: options)
+        let redlock = try Redlock(
+            servers: [
+                RedisServer(host: "127.0.0.1", port: port, password: serverPassword)
+            ], options: options)
         do {
             try await lockAndRelease(redlock)
         } catch {
@@ -309,7 +316,8 @@ import Testing
         ] {
             add("RedisConnection.send timeout \(label)", .connectionError) { port in
                 let connection = try RedisConnection(
-                    server: RedisServer(host: "127.0.0.1", port: port),
+                    server: RedisServer(
+                        host: "127.0.0.1", port: port, password: serverPassword),
                     options: RedisConnectionOptions(connectTimeout: .seconds(2)))
                 defer { Task { await connection.close() } }
                 _ = try await connection.send(["PING"], timeout: timeout)
@@ -317,7 +325,8 @@ import Testing
         }
         add("RedisConnection commandTimeout -1 ms", .connectionError) { port in
             let connection = try RedisConnection(
-                server: RedisServer(host: "127.0.0.1", port: port),
+                server: RedisServer(
+                    host: "127.0.0.1", port: port, password: serverPassword),
                 options: RedisConnectionOptions(
                     connectTimeout: .seconds(2), commandTimeout: .milliseconds(-1)))
             defer { Task { await connection.close() } }
@@ -328,7 +337,7 @@ import Testing
 
     /// Runs the case named `label` and exits 0 when it ended as expected, 3 otherwise (a trap ends
     /// the process with a signal).
-    static func runInChild(_ label: String, port: Int) async {
+    static func runInChild(_ label: String, port: Int, password: String) async {
         guard let entry = cases[label] else {
             FileHandle.standardError.write(Data("no case \(label)\n".utf8))
             exit(3)
@@ -336,7 +345,7 @@ import Testing
         let outcome: Outcome
         let detail: String
         do {
-            try await entry.body(port)
+            try await $serverPassword.withValue(password) { try await entry.body(port) }
             (outcome, detail) = (.works, "")
         } catch let error as RedlockError {
             if error.kind == .invalidArgument,
@@ -371,8 +380,8 @@ import Testing
         let result = await #expect(
             processExitsWith: .success, observing: [\.standardErrorContent], "\(label)"
         ) {
-            [label, port = port as Int] in
-            await ExtremeValueTests.runInChild(label, port: port)
+            [label, port = port as Int, password = RedisServerConfiguration.defaultPassword as String] in
+            await ExtremeValueTests.runInChild(label, port: port, password: password)
         }
         let output = result.map { String(decoding: $0.standardErrorContent, as: UTF8.self) } ?? ""
         print(

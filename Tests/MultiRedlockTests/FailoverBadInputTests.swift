@@ -305,7 +305,10 @@ extension Failover {
             let group = try await RedisServerGroup.start(count: 2)
             defer { group.stopInBackground() }
             let servers = [
-                Fault.address(group[0].port), RedisServer(host: "localhost", port: group[0].port),
+                Fault.address(group[0].port),
+                RedisServer(
+                    host: "localhost", port: group[0].port, password: RedisServerConfiguration.defaultPassword
+                ),
                 Fault.address(group[1].port),
             ]
             let redlock = try Redlock(servers: servers, options: Fault.options())

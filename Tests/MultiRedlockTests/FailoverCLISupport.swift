@@ -34,9 +34,12 @@ enum FaultCLI {
             path, "the redlock executable was not found next to the test binary (set MULTIREDLOCK_REDLOCK)")
     }
 
-    /// The environment children run with: this process's, without any REDLOCK_ variable, plus `extra`.
+    /// The environment children run with: this process's, without any REDLOCK_ variable, with
+    /// `REDLOCK_PASSWORD` set to the password LocalRedis gives every server by default (never on a
+    /// command line), plus `extra` (`"REDLOCK_PASSWORD": ""` for none).
     static func environment(_ extra: [String: String] = [:]) -> [String: String] {
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REDLOCK_") }
+        environment["REDLOCK_PASSWORD"] = RedisServerConfiguration.defaultPassword
         for (key, value) in extra { environment[key] = value }
         return environment
     }
@@ -105,8 +108,8 @@ final class FaultChild: Sendable {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         if let environment { process.environment = environment }
-        guard let outputHandle = FileHandle(forWritingAtPath: stdoutPath),
-            let errorHandle = FileHandle(forWritingAtPath: stderrPath)
+        guard let outputHandle = Self.writingHandle(stdoutPath),
+            let errorHandle = Self.writingHandle(stderrPath)
         else { throw FaultError("cannot open \(stdoutPath) or \(stderrPath)") }
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = outputHandle
@@ -121,6 +124,19 @@ final class FaultChild: Sendable {
         self.process = process
         handles = Mutex([outputHandle, errorHandle])
         pid = process.processIdentifier
+    }
+
+    /// A handle writing to `path` on a descriptor of 3 or more. While a test has closed standard
+    /// input (HardeningTests, descriptor 0), a new file may get descriptor 0; Process then puts
+    /// /dev/null on the child's descriptor 0 before it copies the output file there, and the child's
+    /// output is lost (an `acquire` exited 0 with nothing on stdout).
+    static func writingHandle(_ path: String) -> FileHandle? {
+        let descriptor = open(path, O_WRONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        if descriptor > 2 { return FileHandle(fileDescriptor: descriptor, closeOnDealloc: true) }
+        let high = fcntl(descriptor, F_DUPFD_CLOEXEC, 3)
+        close(descriptor)
+        return high >= 0 ? FileHandle(fileDescriptor: high, closeOnDealloc: true) : nil
     }
 
     deinit {

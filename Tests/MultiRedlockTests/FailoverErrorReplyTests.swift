@@ -11,8 +11,16 @@ import Testing
 final class FaultRawConnection: @unchecked Sendable {
     let connection: RawRedisConnection
 
-    init(port: Int) throws {
+    /// Connects, and authenticates when `password` is not nil (LocalRedis's default password unless
+    /// said otherwise).
+    init(port: Int, password: String? = RedisServerConfiguration.defaultPassword) throws {
         connection = try RawRedisConnection(port: port)
+        if let password {
+            let reply = try connection.request("AUTH", password, timeout: .seconds(3))
+            guard reply == "+OK" else {
+                throw FaultError("AUTH on port \(port) failed: \(reply ?? "no reply")")
+            }
+        }
     }
 
     func command(_ arguments: String..., timeout: Duration = .seconds(3)) async throws -> String? {
@@ -34,13 +42,15 @@ extension Failover {
         static func expectVoteAgainst(
             _ group: RedisServerGroup, _ redlock: Redlock, fragment: String,
             kinds: Set<NodeFailure.Kind> = [.errorReply],
+            password: String? = RedisServerConfiguration.defaultPassword,
             sourceLocation: SourceLocation = #_sourceLocation
         ) async throws {
-            let broken = Fault.address(group[0].port).description
+            let broken = Fault.address(group[0].port, password: password).description
             let resource = Fault.resource()
             let lock = try await redlock.lock(resource, ttl: .seconds(10))
             #expect(
-                Set(lock.nodes) == Set(group.ports[1...].map { Fault.address($0).description }),
+                Set(lock.nodes)
+                    == Set(group.ports[1...].map { Fault.address($0, password: password).description }),
                 sourceLocation: sourceLocation)
             #expect(try await redlock.release(lock) == 2, sourceLocation: sourceLocation)
 
@@ -88,6 +98,9 @@ extension Failover {
             defer { master.stopInBackground() }
             let redlock = try await Fault.connectedRedlock(group.ports)
             let node = group[0]
+            // The master requires the default password too (through a socket: never on an argv).
+            let masterauth = ["CONFIG", "SET", "masterauth", RedisServerConfiguration.defaultPassword]
+            #expect(try await Fault.command(node.port, masterauth) == "+OK")
             _ = try await node.cli("REPLICAOF", "127.0.0.1", String(master[0].port))
             try await Fault.waitUntil(timeout: .seconds(10), "the replica is in sync") {
                 try await Fault.info(node, "master_link_status") == "up"
@@ -102,13 +115,19 @@ extension Failover {
         /// `requirepass` set live: connections already authenticated go on working (Redis 7), a new
         /// one gets NOAUTH. Forcing a reconnect with CLIENT KILL makes the node refuse the handshake.
         @Test func noAuthAfterRequirepassAndReconnect() async throws {
-            let group = try await RedisServerGroup.start(count: 3)
+            // Servers and a Redlock without a password, so that the handshake sends no AUTH.
+            let group = try await RedisServerGroup.start(count: 3, RedisServerConfiguration(password: nil))
             defer { group.stopInBackground() }
-            let redlock = try await Fault.connectedRedlock(group.ports)
+            let redlock = try await connected(
+                Redlock(
+                    servers: group.ports.map { Fault.address($0, password: nil) }, options: Fault.options()),
+                timeout: .seconds(10))
             let node = group[0]
             let password = "fault-pass-\(UInt32.random(in: 0...UInt32.max))"
-            _ = try await node.cli("CONFIG", "SET", "requirepass", password)
-            #expect(try await Fault.command(node.port, ["PING"])?.hasPrefix("-NOAUTH") == true)
+            // Through a socket, not redis-cli: a password never goes on an argv.
+            let setPassword = ["CONFIG", "SET", "requirepass", password]
+            #expect(try await Fault.command(node.port, setPassword, password: nil) == "+OK")
+            #expect(try await Fault.command(node.port, ["PING"], password: nil)?.hasPrefix("-NOAUTH") == true)
             #expect(try await Fault.command(node.port, ["PING"], password: password) == "+PONG")
 
             // Still authenticated: the existing connection locks as before.
@@ -121,7 +140,7 @@ extension Failover {
             #expect(killed == ":1", "the Redlock's connection was killed")
             try await eventually(timeout: .seconds(3)) { !redlock.nodes[0].isConnected }
             try await Self.expectVoteAgainst(
-                group, redlock, fragment: "NOAUTH", kinds: [.unreachable, .errorReply])
+                group, redlock, fragment: "NOAUTH", kinds: [.unreachable, .errorReply], password: nil)
             #expect(!redlock.nodes[0].isConnected)
             await redlock.close()
         }
@@ -166,7 +185,8 @@ extension Failover {
             #expect(try await holder.command("CONFIG", "GET", "maxclients") == "maxclients\n1")
             #expect(try await holder.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") == ":1")
             #expect(
-                try await Fault.command(node.port, ["PING"])?.contains("max number of clients reached")
+                try await Fault.command(node.port, ["PING"], password: nil)?.contains(
+                    "max number of clients reached")
                     == true)
             try await eventually(timeout: .seconds(3)) { !redlock.nodes[0].isConnected }
             try await Self.expectVoteAgainst(

@@ -31,7 +31,9 @@ enum Fault {
                 reconnectInitialDelay: .milliseconds(10), reconnectMaxDelay: .milliseconds(200)))
     }
 
-    static func address(_ port: Int, password: String? = nil) -> RedisServer {
+    static func address(_ port: Int, password: String? = RedisServerConfiguration.defaultPassword)
+        -> RedisServer
+    {
         RedisServer(host: "127.0.0.1", port: port, password: password)
     }
 
@@ -72,7 +74,10 @@ enum Fault {
     /// `EXISTS key` through a fresh raw connection (so it works whatever the Redlock's connection
     /// does). Throws unless the server answers `:0` or `:1`: an error reply (NOAUTH, LOADING, BUSY)
     /// or no reply says nothing about the key, so it must not pass for "absent".
-    static func exists(_ server: RedisServerProcess, _ key: String, password: String? = nil) async throws
+    static func exists(
+        _ server: RedisServerProcess, _ key: String,
+        password: String? = RedisServerConfiguration.defaultPassword
+    ) async throws
         -> Bool
     {
         let reply = try await command(server.port, ["EXISTS", key], password: password)
@@ -84,20 +89,28 @@ enum Fault {
     }
 
     /// `GET key`, nil when the key is absent.
-    static func get(_ server: RedisServerProcess, _ key: String, password: String? = nil) async throws
+    static func get(
+        _ server: RedisServerProcess, _ key: String,
+        password: String? = RedisServerConfiguration.defaultPassword
+    ) async throws
         -> String?
     {
         try await command(server.port, ["GET", key], password: password)
     }
 
     /// How many keys the server holds.
-    static func dbsize(_ server: RedisServerProcess, password: String? = nil) async throws -> Int {
+    static func dbsize(
+        _ server: RedisServerProcess, password: String? = RedisServerConfiguration.defaultPassword
+    ) async throws -> Int {
         let reply = try await command(server.port, ["DBSIZE"], password: password)
         return Int(reply?.dropFirst() ?? "") ?? -1
     }
 
     /// `calls` of `cmdstat_<name>` in `INFO commandstats` (0 when the command never ran).
-    static func commandCalls(_ server: RedisServerProcess, _ name: String, password: String? = nil)
+    static func commandCalls(
+        _ server: RedisServerProcess, _ name: String,
+        password: String? = RedisServerConfiguration.defaultPassword
+    )
         async throws -> Int
     {
         let info = try await command(server.port, ["INFO", "commandstats"], password: password) ?? ""
@@ -109,7 +122,10 @@ enum Fault {
     }
 
     /// A field of `INFO` (e.g. `expired_keys`).
-    static func info(_ server: RedisServerProcess, _ field: String, password: String? = nil) async throws
+    static func info(
+        _ server: RedisServerProcess, _ field: String,
+        password: String? = RedisServerConfiguration.defaultPassword
+    ) async throws
         -> String?
     {
         let info = try await command(server.port, ["INFO"], password: password) ?? ""
@@ -122,7 +138,8 @@ enum Fault {
     /// the reply as text: `+OK`, `-ERR …`, `:1`, the bulk string itself, nil for a null bulk string,
     /// or an array's elements joined by line breaks.
     static func command(
-        _ port: Int, _ arguments: [String], password: String? = nil, timeout: Duration = .seconds(3)
+        _ port: Int, _ arguments: [String], password: String? = RedisServerConfiguration.defaultPassword,
+        timeout: Duration = .seconds(3)
     )
         async throws -> String?
     {

@@ -9,9 +9,9 @@ import Testing
         let server = try await RedisServerProcess.start(RedisServerConfiguration(password: password))
         defer { server.stopInBackground() }
         // Without the password every command answers NOAUTH: not "absent".
-        let reply = try await Fault.command(server.port, ["EXISTS", "k"])
+        let reply = try await Fault.command(server.port, ["EXISTS", "k"], password: nil)
         #expect(reply?.hasPrefix("-NOAUTH") == true, "\(reply ?? "(nil)")")
-        await #expect(throws: FaultError.self) { try await Fault.exists(server, "k") }
+        await #expect(throws: FaultError.self) { try await Fault.exists(server, "k", password: nil) }
         // With it, both answers.
         #expect(try await Fault.exists(server, "k", password: password) == false)
         _ = try await Fault.command(server.port, ["SET", "k", "v"], password: password)

@@ -14,7 +14,10 @@ struct MultiResourceAndFencingTests {
     ) async throws -> Redlock {
         try await connected(
             Redlock(
-                servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) },
+                servers: group.ports.map {
+                    RedisServer(
+                        host: "127.0.0.1", port: $0, password: RedisServerConfiguration.defaultPassword)
+                },
                 options: RedlockOptions(
                     id: id, retries: retries, retryWait: .milliseconds(10), nodeTimeout: .milliseconds(500),
                     fencingTokens: fencing)),
@@ -198,7 +201,10 @@ struct MultiResourceAndFencingTests {
         let resource = RedlockIntegrationTests.uniqueResource()
         let counterKey = Lock.fencingKey(for: resource)
         let redlock = try await Self.redlock(group, fencing: true, id: "rejoin", retries: 0)
-        let names = group.ports.map { "127.0.0.1:\($0)" }
+        let names = group.ports.map {
+            RedisServer(host: "127.0.0.1", port: $0, password: RedisServerConfiguration.defaultPassword)
+                .description
+        }
         let ttl = Duration.seconds(1)
         var tokens: [Int64] = []
         func lockOnce() async throws -> Lock {

@@ -20,7 +20,11 @@ struct RedlockIntegrationTests {
         -> Redlock
     {
         try await connected(
-            Redlock(servers: group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }, options: options))
+            Redlock(
+                servers: group.ports.map {
+                    RedisServer(
+                        host: "127.0.0.1", port: $0, password: RedisServerConfiguration.defaultPassword)
+                }, options: options))
     }
 
     /// Whole milliseconds since `start`, rounded up.

@@ -9,7 +9,9 @@ struct RestartedNodeTests {
     @Test func restartInsideTheTTLIsNotCountedByAClientThatSawIt() async throws {
         let group = try await RedisServerGroup.start(count: 3)
         defer { group.stopInBackground() }
-        let servers = group.ports.map { RedisServer(host: "127.0.0.1", port: $0) }
+        let servers = group.ports.map {
+            RedisServer(host: "127.0.0.1", port: $0, password: RedisServerConfiguration.defaultPassword)
+        }
         let options = RedlockOptions(id: "restart", retries: 0, nodeTimeout: .milliseconds(300))
         let holder = try await connected(Redlock(servers: servers, options: options))
         let watcher = try await connected(Redlock(servers: servers, options: options))

@@ -11,7 +11,9 @@ import Testing
 struct ScriptOrderTests {
     /// A node connected to `server`.
     static func connectedNode(_ server: RedisServerProcess) async throws -> RedisNode {
-        let node = try RedisNode(server: RedisServer(host: "127.0.0.1", port: server.port))
+        let node = try RedisNode(
+            server: RedisServer(
+                host: "127.0.0.1", port: server.port, password: RedisServerConfiguration.defaultPassword))
         try await eventually { node.isConnected }
         return node
     }

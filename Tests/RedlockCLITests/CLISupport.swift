@@ -203,8 +203,9 @@ struct Outcome: CustomStringConvertible {
     }
 }
 
-/// The environment `redlock` runs with: PATH and HOME from this process, no REDLOCK_* variable,
-/// then `extra`.
+/// The environment `redlock` runs with: PATH and HOME from this process, `REDLOCK_PASSWORD` set to
+/// the password LocalRedis gives every server by default (never on redlock's command line), then
+/// `extra` (`"REDLOCK_PASSWORD": ""` for none: then the variable is not set at all).
 func redlockEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
     var environment: [String: String] = [:]
     // ASAN_OPTIONS and TSAN_OPTIONS too, so a sanitizer build of `redlock` runs as the tests do.
@@ -212,7 +213,10 @@ func redlockEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
         if let value = ProcessInfo.processInfo.environment[name] { environment[name] = value }
     }
     environment["PATH"] = environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-    return environment.merging(extra) { $1 }
+    environment["REDLOCK_PASSWORD"] = RedisServerConfiguration.defaultPassword
+    environment.merge(extra) { $1 }
+    if environment["REDLOCK_PASSWORD"] == "" { environment["REDLOCK_PASSWORD"] = nil }
+    return environment
 }
 
 /// Starts `redlock arguments…` in the background.
@@ -243,8 +247,15 @@ struct Servers: Sendable {
         Servers(group: try await RedisServerGroup.start(count: count, configuration))
     }
 
-    /// `127.0.0.1:p1,127.0.0.1:p2,…`
+    /// `127.0.0.1:p1,127.0.0.1:p2,…` (the password comes from $REDLOCK_PASSWORD: `redlockEnvironment`)
     var list: String { group.ports.map { "127.0.0.1:\($0)" }.joined(separator: ",") }
+
+    /// `redis://:PASSWORD@127.0.0.1:p1,…` with LocalRedis's default password, for an environment
+    /// variable of a tool that has no password variable of its own (`REDLOCK_BENCH_SERVERS`).
+    var listWithPassword: String {
+        group.ports.map { "redis://:\(RedisServerConfiguration.defaultPassword)@127.0.0.1:\($0)" }
+            .joined(separator: ",")
+    }
 
     subscript(index: Int) -> RedisServerProcess { group[index] }
 

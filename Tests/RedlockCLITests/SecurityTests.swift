@@ -43,7 +43,7 @@ struct SecurityTests {
         #expect(try await childSees(plain, passEnv: true) == "P=\(password) S=\(servers.list) R=env-test")
 
         // The passwords in the addresses of $REDLOCK_SERVERS.
-        let inList = ["REDLOCK_SERVERS": withPasswords]
+        let inList = ["REDLOCK_SERVERS": withPasswords, "REDLOCK_PASSWORD": ""]
         #expect(try await childSees(inList, passEnv: false) == "P=unset S=unset R=env-test")
         #expect(try await childSees(inList, passEnv: true) == "P=unset S=\(withPasswords) R=env-test")
     }
@@ -197,14 +197,17 @@ struct SecurityTests {
         defer { servers.stopInBackground() }
         let scratch = try ScratchDirectory()
         defer { scratch.remove() }
+        // The servers (with their password) through the environment, never argv.
         let arguments = [
-            "--servers", servers.list, "--scenarios", "contention", "--duration-s", "0.2", "--warmup-s", "0",
+            "--scenarios", "contention", "--duration-s", "0.2", "--warmup-s", "0",
             "--contention-workers", "2", "--no-meta",
         ]
         for outDirectory in [scratch.path, nil] {
             let process = try Subprocess(
                 bench, arguments + (outDirectory.map { ["--out-dir", $0] } ?? []),
-                environment: redlockEnvironment(["TMPDIR": scratch.path]))
+                environment: redlockEnvironment([
+                    "TMPDIR": scratch.path, "REDLOCK_BENCH_SERVERS": servers.listWithPassword,
+                ]))
             #expect(await process.wait(timeout: .seconds(60)) == 0, "\(process.stderr)")
             let line = try #require(process.stdout.split(separator: "\n").first, "\(process.stderr)")
             let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]

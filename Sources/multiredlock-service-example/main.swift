@@ -2,7 +2,7 @@
 // a lock: SIGTERM shuts the group down gracefully, the application releases its lock, and the
 // Redlock closes once that release has reached the servers.
 //
-//     multiredlock-service-example PORT[,PORT…] RESOURCE
+//     REDLOCK_PASSWORD=… multiredlock-service-example PORT[,PORT…] RESOURCE
 //
 // Prints `locked VALUE` once it holds RESOURCE and `stopped` when the group has returned. The
 // tests start it against local redis-servers and send it SIGTERM (ServiceLifecycleTests).
@@ -34,12 +34,16 @@ func say(_ text: String, to descriptor: Int32 = STDOUT_FILENO) {
 
 let arguments = CommandLine.arguments
 guard arguments.count == 3 else {
-    say("usage: multiredlock-service-example PORT[,PORT…] RESOURCE", to: STDERR_FILENO)
+    say(
+        "usage: multiredlock-service-example PORT[,PORT…] RESOURCE (password, if any, in REDLOCK_PASSWORD)",
+        to: STDERR_FILENO)
     exit(2)
 }
 let ports = arguments[1].split(separator: ",").compactMap { Int($0) }
+// The password comes from the environment, never from the command line.
+let password = getenv("REDLOCK_PASSWORD").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
 let redlock = try Redlock(
-    servers: ports.map { RedisServer(host: "127.0.0.1", port: $0) },
+    servers: ports.map { RedisServer(host: "127.0.0.1", port: $0, password: password) },
     options: RedlockOptions(retries: 20, nodeTimeout: .milliseconds(500)))
 let lock = try await redlock.lock(arguments[2], ttl: .seconds(60))
 say("locked \(lock.value)")

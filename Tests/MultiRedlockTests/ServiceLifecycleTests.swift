@@ -90,7 +90,9 @@ struct ServiceLifecycleTests {
         defer { group.stopInBackground() }
         let resource = RedlockIntegrationTests.uniqueResource()
         let child = try FaultChild(
-            executable, [group.ports.map(String.init).joined(separator: ","), resource])
+            executable, [group.ports.map(String.init).joined(separator: ","), resource],
+            environment: ProcessInfo.processInfo.environment.merging(
+                ["REDLOCK_PASSWORD": RedisServerConfiguration.defaultPassword]) { $1 })
         // Wait for "locked VALUE".
         var value: String?
         let deadline = ContinuousClock.now + .seconds(30)

@@ -583,18 +583,21 @@ public final class Redlock: Sendable {
     ///   ``RedlockError/Kind/quorumUnavailable``, ``RedlockError/Kind/validityExpired``,
     ///   ``RedlockError/Kind/invalidArgument``, ``RedlockError/Kind/closed``.
     public func renew(_ resource: String, value: String, ttl: Duration) async throws(RedlockError) -> Lock {
-        try await renew([resource], value: value, ttl: ttl, fencingToken: nil)
+        try await renew([resource], value: value, ttl: ttl, fencingToken: nil, heldUntil: nil)
     }
 
     /// Renews `lock` (all its resources) with a new ttl (its own ttl when nil). The fencing token,
     /// if any, stays the same: it is the same grant.
     public func renew(_ lock: Lock, ttl: Duration? = nil) async throws(RedlockError) -> Lock {
         try await renew(
-            lock.resources, value: lock.value, ttl: ttl ?? lock.ttl, fencingToken: lock.fencingToken)
+            lock.resources, value: lock.value, ttl: ttl ?? lock.ttl, fencingToken: lock.fencingToken,
+            heldUntil: lock.validUntil)
     }
 
+    /// `heldUntil`: the validity of the lock being renewed, when known (see the notHeld case below).
     private func renew(
-        _ keys: [String], value: String, ttl: Duration, fencingToken: Int64?
+        _ keys: [String], value: String, ttl: Duration, fencingToken: Int64?,
+        heldUntil: ContinuousClock.Instant?
     ) async throws(RedlockError) -> Lock {
         let options = try prepare(keys, ttl: ttl)
         let resource = Lock.name(of: keys)
@@ -613,7 +616,8 @@ public final class Redlock: Sendable {
             do throws(RedlockError) {
                 return .success(
                     try await renewOnce(
-                        keys, value: value, ttl: ttl, fencingToken: fencingToken, options: options))
+                        keys, value: value, ttl: ttl, fencingToken: fencingToken, heldUntil: heldUntil,
+                        options: options))
             } catch {
                 return .failure(error)
             }
@@ -622,7 +626,8 @@ public final class Redlock: Sendable {
 
     /// One renew round: compare-and-pexpire on every node.
     private func renewOnce(
-        _ keys: [String], value: String, ttl: Duration, fencingToken: Int64?, options: RedlockOptions
+        _ keys: [String], value: String, ttl: Duration, fencingToken: Int64?,
+        heldUntil: ContinuousClock.Instant?, options: RedlockOptions
     ) async throws(RedlockError) -> Lock {
         let resource = Lock.name(of: keys)
         metrics.renewAttempts.increment()
@@ -643,13 +648,23 @@ public final class Redlock: Sendable {
                 attempts: 1, nodes: tally.grantedIndices.map { names[$0] }, fencingToken: fencingToken)
         }
         let error = failure(tally, resource: resource, attempts: 1, elapsed: now - start, operation: .renew)
-        if error.kind == .notHeld && tally.refused < nodes.count {
+        if error.kind == .notHeld && tally.refused < nodes.count, let heldUntil {
             // The lock is gone from a quorum, yet other nodes may just have extended it (also those
-            // that had not answered when a quorum refused): release them, or they would block the
-            // resource for the new ttl with a lock nobody holds.
-            releaseEverywhere(
-                keys, value: value, until: now + ttl, options: options,
-                on: tally.outcomes.map { $0 != .refused })
+            // that had not answered when a quorum refused): they would block the resource for the
+            // new ttl with a lock nobody holds. Release them, but only once the lock being renewed
+            // is past its validity (and drift): until then its holder may still rely on it, and its
+            // keys on those nodes are what keeps another client from a quorum (found by `make sim`,
+            // seed 125: releasing at once let a second client in while the first was still valid).
+            let targets = tally.outcomes.map { $0 != .refused }
+            let releaseAt = heldUntil + options.driftAllowance(for: ttl)
+            operationsInFlight.add(1, ordering: .relaxed)
+            Task {
+                defer { self.operationsInFlight.subtract(1, ordering: .releasing) }
+                try? await Task.sleep(until: releaseAt, clock: .continuous)
+                guard !self.isClosed else { return }
+                _ = await self.releaseOnce(
+                    keys, value: value, until: .now + ttl, options: options, on: targets)
+            }
         }
         metrics.renewFailed(error.kind)
         throw error

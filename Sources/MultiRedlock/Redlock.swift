@@ -462,10 +462,16 @@ public final class Redlock: Sendable {
         let counters = options.fencingTokens ? FencingCounters(count: nodes.count) : nil
         let tally = await fanOut(.acquire, options: options, cancellable: true) {
             [self] index, node, answer in
-            // A node that grants these keys holds no older value of ours for them any more.
-            let done: @Sendable (NodeResult) -> Void = { result in
-                if result == .succeeded { self.supersedeReleases(of: keys, on: index) }
-                answer(result)
+            // A node that grants these keys holds no older value of ours for them any more. Only
+            // wrapped while retry chains exist: the usual lock costs no extra closure per node.
+            let done: @Sendable (NodeResult) -> Void
+            if retryChains.alive.load(ordering: .relaxed) > 0 {
+                done = { result in
+                    if result == .succeeded { self.supersedeReleases(of: keys, on: index) }
+                    answer(result)
+                }
+            } else {
+                done = answer
             }
             if let counters {
                 node.acquireFenced(

@@ -96,17 +96,6 @@ public final class MockRedlockNode: RedlockNode {
             }
         }
 
-        /// The ttl the call asked for, for acquire and extend calls.
-        var ttl: Duration? {
-            switch self {
-            case .acquire(_, _, let ttl), .extend(_, _, let ttl), .acquireAll(_, _, let ttl),
-                .extendAll(_, _, let ttl), .acquireFenced(_, _, _, let ttl):
-                ttl
-            case .release, .releaseAll, .raiseFence:
-                nil
-            }
-        }
-
         /// The call in words, e.g. `acquire(r, v, 10.0 seconds)`.
         public var description: String {
             switch self {

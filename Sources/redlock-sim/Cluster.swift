@@ -71,23 +71,17 @@ final class Server: Sendable {
     struct State {
         var loseReplies = false
         var failReleases = false
-        /// When the server last restarted (for the per-client quarantine).
-        var restartedAt: ContinuousClock.Instant?
         var connections: [Connection] = []
     }
 
     /// Whether restarts are quarantined; when not (a negative control), a client counts a restarted
     /// node's grants at once, as a client without the quarantine would.
     let quarantine: Bool
-    /// Whether each client quarantines a restarted node for the longest ttl it used itself (as
-    /// `RedisNode` does), instead of the mock's longest ttl of all clients.
-    let clientQuarantine: Bool
 
-    init(index: Int, recorder: Recorder, quarantine: Bool, clientQuarantine: Bool) {
+    init(index: Int, recorder: Recorder, quarantine: Bool) {
         self.index = index
         self.recorder = recorder
         self.quarantine = quarantine
-        self.clientQuarantine = clientQuarantine
         clock = MockClock(followingSystemClock: true)
         node = MockRedlockNode(name: "n\(index)", clock: clock)
     }
@@ -109,11 +103,6 @@ final class Server: Sendable {
     var loseReplies: Bool {
         get { state.withLock { $0.loseReplies } }
         set { state.withLock { $0.loseReplies = newValue } }
-    }
-
-    var restartedAt: ContinuousClock.Instant? {
-        get { state.withLock { $0.restartedAt } }
-        set { state.withLock { $0.restartedAt = newValue } }
     }
 
     var failReleases: Bool {

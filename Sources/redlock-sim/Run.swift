@@ -72,8 +72,7 @@ final class Run: Sendable {
         let recorder = recorder
         let servers = (0..<plan.nodes).map {
             Server(
-                index: $0, recorder: recorder, quarantine: plan.modes.quarantine,
-                clientQuarantine: plan.modes.clientQuarantine)
+                index: $0, recorder: recorder, quarantine: plan.modes.quarantine)
         }
         self.servers = servers
         redlocks = plan.clients.enumerated().map { index, client in
@@ -401,7 +400,6 @@ final class Run: Sendable {
                     node.isDown = false
                 }
             } else {
-                server.restartedAt = .now
                 node.restart(keepingData: keepData)
             }
         case .clockJump(_, let ms): server.clock.advance(by: .milliseconds(ms))

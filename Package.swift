@@ -45,8 +45,9 @@ let package = Package(
         ),
         // In-memory nodes for users' unit tests.
         .target(name: "MultiRedlockTesting", dependencies: ["MultiRedlock", "Hiredis"]),
-        // Starts and controls local redis-server processes: tests, demo, benchmarks.
-        .target(name: "LocalRedis"),
+        // Starts and controls local redis-server processes: tests, demo, benchmarks. Depends on
+        // Hiredis only for `Locked`, the package's one lock (every user of LocalRedis links Hiredis).
+        .target(name: "LocalRedis", dependencies: ["Hiredis"]),
         .executableTarget(name: "multiredlock-demo", dependencies: ["MultiRedlock", "LocalRedis"]),
         // A Redlock in a ServiceGroup (README; the signal test of ServiceLifecycleTests runs it).
         .executableTarget(
@@ -80,11 +81,15 @@ let package = Package(
         // The randomized fault simulation behind `make sim`: clients over mock nodes, the checker as
         // oracle, driven by a seed.
         .executableTarget(name: "redlock-sim", dependencies: ["MultiRedlock", "MultiRedlockTesting"]),
-        .testTarget(name: "HiredisTests", dependencies: ["Hiredis", "CHiredis", "LocalRedis"]),
+        // What the test targets share: polling, the built executables, child processes (on
+        // LocalRedis's spawning), private scratch files. Only test targets depend on it.
+        .target(name: "TestSupport", dependencies: ["LocalRedis", "Hiredis"], path: "Tests/TestSupport"),
+        .testTarget(
+            name: "HiredisTests", dependencies: ["Hiredis", "CHiredis", "LocalRedis", "TestSupport"]),
         .testTarget(
             name: "MultiRedlockTests",
             dependencies: [
-                "MultiRedlock", "MultiRedlockTesting", "LocalRedis",
+                "MultiRedlock", "MultiRedlockTesting", "LocalRedis", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
@@ -93,8 +98,9 @@ let package = Package(
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ]
         ),
-        .testTarget(name: "LocalRedisTests", dependencies: ["LocalRedis"]),
-        .testTarget(name: "RedlockCLITests", dependencies: ["redlock", "JSONText", "LocalRedis"]),
+        .testTarget(name: "LocalRedisTests", dependencies: ["LocalRedis", "Hiredis", "TestSupport"]),
+        .testTarget(
+            name: "RedlockCLITests", dependencies: ["redlock", "JSONText", "LocalRedis", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

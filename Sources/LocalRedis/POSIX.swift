@@ -1,6 +1,7 @@
 // Thin, bounded wrappers around the POSIX calls LocalRedis needs: spawning children with
 // posix_spawn, reaping them with waitpid, reading /proc, small file I/O and sleeping.
-// Everything here is internal; the public surface lives in RedisServerProcess and friends.
+// Everything here is internal except `spawnChild`, which the tests' TestSupport target starts its
+// child processes with (package access); the public surface lives in RedisServerProcess and friends.
 
 import Foundation
 
@@ -193,7 +194,7 @@ func findExecutable(_ name: String, overrideVariable: String) -> String? {
 // MARK: - Spawning
 
 /// Where a child's standard output or error goes.
-enum ChildOutput {
+package enum ChildOutput {
     case devNull
     /// Appended to a file (created with mode 0600 if missing).
     case appendToFile(String)
@@ -226,17 +227,20 @@ func childEnvironment(adding: [String: String] = [:], removing: Set<String> = []
 /// Starts `executable` as a direct child of this process with posix_spawn and returns its pid.
 ///
 /// Standard input is /dev/null; every inherited descriptor above 2 is closed in the child (where the
-/// C library allows it; all of LocalRedis's own descriptors are close-on-exec anyway); the signal
+/// C library allows it; all of LocalRedis's own descriptors are close-on-exec anyway) unless
+/// `inheritingDescriptors` (for a test of what a child inherits: then it keeps every descriptor of
+/// this process that is not close-on-exec); the signal
 /// mask is emptied and all signal dispositions reset to default, so the child reacts to SIGTERM even
 /// if the parent blocks or ignores it. With `newProcessGroup` the child leads its own process group
 /// (pgid == pid), so a terminal's Ctrl-C does not reach it and its forked children can be killed with it.
-func spawnChild(
+package func spawnChild(
     executable: String,
     arguments: [String],
     environment: [String],
     standardOutput: ChildOutput,
     standardError: ChildOutput,
-    newProcessGroup: Bool
+    newProcessGroup: Bool,
+    inheritingDescriptors: Bool = false
 ) throws -> pid_t {
     #if canImport(Darwin)
         var actions: posix_spawn_file_actions_t? = nil
@@ -262,7 +266,7 @@ func spawnChild(
         }
     }
     #if os(Linux)
-        if let addCloseFrom {
+        if let addCloseFrom, !inheritingDescriptors {
             _ = addCloseFrom(&actions, 3)
         }
     #endif

@@ -1,4 +1,5 @@
 import Foundation
+import Hiredis
 
 #if canImport(Glibc)
     import Glibc
@@ -21,10 +22,7 @@ import Foundation
 /// redis.stdout.log (the server's stdout/stderr, e.g. config errors), appendonlydir/, redis.sock.
 /// The directory is deleted on deinit when it lives under a root this process created in /tmp;
 /// set MULTIREDLOCK_TEST_DIR to choose the root (then nothing is deleted), or MULTIREDLOCK_KEEP_DIRS=1.
-///
-/// `@unchecked Sendable` is sound because the stored properties are immutable `let`s of Sendable
-/// types except `currentPID` and `lastExit`, which are read and written only while `lock` is held.
-public final class RedisServerProcess: @unchecked Sendable, CustomStringConvertible {
+public final class RedisServerProcess: Sendable, CustomStringConvertible {
     /// The TCP port on 127.0.0.1. It never changes, not even across `restart()`.
     public let port: Int
     /// This server's own directory (its redis `dir`).
@@ -41,11 +39,26 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
     public var outputFilePath: String { directory + "/redis.stdout.log" }
 
     private let executable: String
-    private let lock = NSLock()
-    /// The running child's pid; nil once it has been reaped. Guarded by `lock`.
-    private var currentPID: pid_t?
-    /// How the last run ended. Guarded by `lock`.
-    private var lastExit: ExitStatus?
+    /// The running child, behind the lock every operation holds from start to end.
+    private let run: Locked<Run>
+
+    private struct Run: Sendable {
+        /// The running child's pid; nil once it has been reaped.
+        var pid: pid_t?
+        /// How the last run ended.
+        var lastExit: ExitStatus?
+
+        /// Reaps the child if it has exited on its own, so `pid` never names a dead process. While
+        /// `pid` is set the child is unreaped, so its pid (and process group) cannot have been
+        /// reused: signals sent to it can only reach our server.
+        mutating func refresh() {
+            guard let current = pid else { return }
+            if case .reaped(let status) = reapIfExited(current) {
+                pid = nil
+                lastExit = status
+            }
+        }
+    }
 
     /// How long `start` and `restart` wait for the server to answer PING.
     public static let readinessTimeout: Duration = .seconds(10)
@@ -69,7 +82,7 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
         self.unixSocketPath = unixSocketPath
         self.configuration = configuration
         self.executable = executable
-        self.currentPID = pid
+        self.run = Locked(Run(pid: pid))
     }
 
     deinit {
@@ -286,45 +299,34 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
 
     /// The server's pid while it runs; nil once it has exited (it is then reaped).
     public var pid: pid_t? {
-        lock.withLock {
-            refreshLocked()
-            return currentPID
+        run.withLock { run in
+            run.refresh()
+            return run.pid
         }
     }
 
     /// True while the process exists and has not exited (a stopped, i.e. paused, server is running).
     public var isRunning: Bool {
-        lock.withLock {
-            refreshLocked()
-            return currentPID != nil
+        run.withLock { run in
+            run.refresh()
+            return run.pid != nil
         }
     }
 
     /// True while the process is stopped by SIGSTOP (its /proc/PID/stat state is 'T').
     public var isPaused: Bool {
-        lock.withLock {
-            refreshLocked()
-            guard let pid = currentPID else { return false }
+        run.withLock { run in
+            run.refresh()
+            guard let pid = run.pid else { return false }
             return isStoppedState(processState(pid))
         }
     }
 
     /// How the previous run ended (e.g. "killed by signal 9 (Killed)"), nil if it never ended.
     public var lastExitDescription: String? {
-        lock.withLock {
-            refreshLocked()
-            return lastExit?.description
-        }
-    }
-
-    /// Reaps the child if it has exited on its own, so `currentPID` never names a dead process.
-    /// While `currentPID` is set the child is unreaped, so its pid (and process group) cannot have
-    /// been reused: signals sent to it can only reach our server.
-    private func refreshLocked() {
-        guard let pid = currentPID else { return }
-        if case .reaped(let status) = reapIfExited(pid) {
-            currentPID = nil
-            lastExit = status
+        run.withLock { run in
+            run.refresh()
+            return run.lastExit?.description
         }
     }
 
@@ -335,20 +337,20 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
     /// refuses connections; `restart()` brings it back.
     @discardableResult
     public func kill9() -> Bool {
-        lock.withLock { kill9Locked() }
+        run.withLock { kill9(&$0) }
     }
 
-    private func kill9Locked() -> Bool {
-        refreshLocked()
-        guard let pid = currentPID else { return true }
+    private func kill9(_ run: inout Run) -> Bool {
+        run.refresh()
+        guard let pid = run.pid else { return true }
         kill(-pid, SIGKILL)
         kill(pid, SIGKILL)
         guard case .reaped(let status)? = reap(pid, within: Self.signalTimeout) else {
             report("kill9: pid \(pid) did not exit within \(Self.signalTimeout.humanReadable) of SIGKILL")
             return false
         }
-        currentPID = nil
-        lastExit = status
+        run.pid = nil
+        run.lastExit = status
         return true
     }
 
@@ -357,14 +359,14 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
     /// (or, which should not happen, did not stop within the bound; a message goes to stderr).
     @discardableResult
     public func pause() -> Bool {
-        lock.withLock {
-            refreshLocked()
-            guard let pid = currentPID else { return false }
+        run.withLock { run in
+            run.refresh()
+            guard let pid = run.pid else { return false }
             kill(pid, SIGSTOP)
             let deadline = Deadline(after: Self.signalTimeout)
             while !isStoppedState(processState(pid)) {
                 if childState(pid) != .running {
-                    refreshLocked()
+                    run.refresh()
                     return false
                 }
                 if deadline.hasPassed {
@@ -382,9 +384,9 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
     /// is not running. Harmless on a server that is not paused.
     @discardableResult
     public func resume() -> Bool {
-        lock.withLock {
-            refreshLocked()
-            guard let pid = currentPID else { return false }
+        run.withLock { run in
+            run.refresh()
+            guard let pid = run.pid else { return false }
             kill(pid, SIGCONT)
             let deadline = Deadline(after: Self.signalTimeout)
             while isStoppedState(processState(pid)) {
@@ -397,8 +399,8 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
                 }
                 sleepThread(.microseconds(200))
             }
-            refreshLocked()
-            return currentPID != nil
+            run.refresh()
+            return run.pid != nil
         }
     }
 
@@ -407,16 +409,16 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
     /// A running server is stopped first (gracefully, as `stop()`). If the old socket still holds the
     /// port, retries for up to `portReleaseTimeout`.
     public func restart(after delay: Duration = .zero) throws {
-        let stopped = lock.withLock { stopLocked() }
+        let stopped = run.withLock { stop(&$0) }
         guard stopped else {
             throw LocalRedisError(
                 .timeout, "restart: the previous redis-server on port \(port) could not be stopped")
         }
         sleepThread(delay)
-        try lock.withLock {
-            refreshLocked()
+        try run.withLock { run in
+            run.refresh()
             // Another thread restarted it while we slept: it is running as asked.
-            if currentPID != nil { return }
+            if run.pid != nil { return }
             let deadline = Deadline(after: Self.portReleaseTimeout)
             while true {
                 switch try Self.launch(
@@ -424,7 +426,7 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
                     password: configuration.password)
                 {
                 case .ready(let pid):
-                    currentPID = pid
+                    run.pid = pid
                     return
                 case .addressInUse(let output):
                     if deadline.hasPassed {
@@ -443,18 +445,18 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
     /// SIGCONT (in case it is paused) and SIGTERM; SIGKILL if it has not exited after
     /// `gracefulStopTimeout`; then reap. Idempotent, and safe on a killed or paused server.
     public func stop() {
-        lock.withLock { _ = stopLocked() }
+        run.withLock { _ = stop(&$0) }
     }
 
-    private func stopLocked() -> Bool {
-        refreshLocked()
-        guard let pid = currentPID else { return true }
+    private func stop(_ run: inout Run) -> Bool {
+        run.refresh()
+        guard let pid = run.pid else { return true }
         kill(pid, SIGCONT)
         kill(pid, SIGTERM)
         switch awaitExitUnreaped(pid, within: Self.gracefulStopTimeout) {
         case .gone:
-            currentPID = nil
-            lastExit = nil
+            run.pid = nil
+            run.lastExit = nil
             return true
         case .running:
             report(
@@ -472,8 +474,8 @@ public final class RedisServerProcess: @unchecked Sendable, CustomStringConverti
             report("stop: pid \(pid) did not exit within \(Self.signalTimeout.humanReadable) of SIGKILL")
             return false
         }
-        currentPID = nil
-        lastExit = status
+        run.pid = nil
+        run.lastExit = status
         return true
     }
 

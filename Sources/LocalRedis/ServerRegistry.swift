@@ -1,4 +1,5 @@
 import Foundation
+import Hiredis
 
 #if canImport(Glibc)
     import Glibc
@@ -10,21 +11,22 @@ import Foundation
 
 /// Process-wide bookkeeping: every live `RedisServerProcess` (held weakly), the ports they own (so a
 /// killed server's port is not handed to a new server before it restarts), and the root directory.
-///
-/// `@unchecked Sendable` is sound because every mutable property is read and written only while
-/// `lock` is held, and the lock is never held while calling into a server.
-final class ServerRegistry: @unchecked Sendable {
+/// The lock is never held while calling into a server.
+final class ServerRegistry: Sendable {
     static let shared = ServerRegistry()
 
-    private struct WeakServer {
+    private struct WeakServer: Sendable {
         weak var server: RedisServerProcess?
     }
 
-    private let lock = NSLock()
-    private var servers: [ObjectIdentifier: WeakServer] = [:]
-    private var reservedPorts: Set<Int> = []
-    private var root: (path: String, isTemporary: Bool)?
-    private var exitHookInstalled = false
+    private struct State: Sendable {
+        var servers: [ObjectIdentifier: WeakServer] = [:]
+        var reservedPorts: Set<Int> = []
+        var root: (path: String, isTemporary: Bool)?
+        var exitHookInstalled = false
+    }
+
+    private let state = Locked(State())
 
     private init() {}
 
@@ -34,22 +36,22 @@ final class ServerRegistry: @unchecked Sendable {
     var removesDirectories: Bool {
         let keep = ProcessInfo.processInfo.environment["MULTIREDLOCK_KEEP_DIRS"] ?? ""
         guard keep.isEmpty || keep == "0" else { return false }
-        return lock.withLock { root?.isTemporary ?? false }
+        return state.withLock { $0.root?.isTemporary ?? false }
     }
 
     /// `$MULTIREDLOCK_TEST_DIR` (created if missing) or a fresh /tmp/multiredlock-XXXXXX, once per process.
     func rootDirectory() throws -> String {
-        let path = try lock.withLock { () throws -> String in
-            if let root { return root.path }
-            let created = try createRootLocked()
-            root = created
+        let path = try state.withLock { state throws -> String in
+            if let root = state.root { return root.path }
+            let created = try Self.createRoot()
+            state.root = created
             return created.path
         }
         installExitHookOnce()
         return path
     }
 
-    private func createRootLocked() throws -> (path: String, isTemporary: Bool) {
+    private static func createRoot() throws -> (path: String, isTemporary: Bool) {
         let configured = ProcessInfo.processInfo.environment["MULTIREDLOCK_TEST_DIR"] ?? ""
         if !configured.isEmpty {
             try makeDirectories(configured)
@@ -61,9 +63,9 @@ final class ServerRegistry: @unchecked Sendable {
     /// Servers must not outlive the process that started them, even if nobody called stop(), and the
     /// temporary root must not pile up in /tmp.
     private func installExitHookOnce() {
-        let install = lock.withLock {
-            defer { exitHookInstalled = true }
-            return !exitHookInstalled
+        let install = state.withLock { state in
+            defer { state.exitHookInstalled = true }
+            return !state.exitHookInstalled
         }
         guard install else { return }
         atexit {
@@ -77,7 +79,7 @@ final class ServerRegistry: @unchecked Sendable {
     func reserveFreePort() throws -> Int {
         for _ in 0..<100 {
             let port = try kernelChosenLoopbackPort()
-            let inserted = lock.withLock { reservedPorts.insert(port).inserted }
+            let inserted = state.withLock { $0.reservedPorts.insert(port).inserted }
             if inserted { return port }
         }
         throw LocalRedisError(
@@ -85,30 +87,28 @@ final class ServerRegistry: @unchecked Sendable {
     }
 
     func releasePort(_ port: Int) {
-        _ = lock.withLock { reservedPorts.remove(port) }
+        _ = state.withLock { $0.reservedPorts.remove(port) }
     }
 
     func register(_ server: RedisServerProcess) {
-        lock.withLock {
-            servers[ObjectIdentifier(server)] = WeakServer(server: server)
-        }
+        state.withLock { $0.servers[ObjectIdentifier(server)] = WeakServer(server: server) }
     }
 
     func unregister(_ id: ObjectIdentifier, port: Int) {
-        lock.withLock {
-            servers[id] = nil
-            reservedPorts.remove(port)
+        state.withLock { state in
+            state.servers[id] = nil
+            state.reservedPorts.remove(port)
         }
     }
 
     /// Strong references to every server still alive. The caller uses them outside the lock.
     func liveServers() -> [RedisServerProcess] {
-        lock.withLock { servers.values.compactMap(\.server) }
+        state.withLock { $0.servers.values.compactMap(\.server) }
     }
 
     /// At exit: deletes the root directory if this process created it (and keeping was not asked for).
     func removeTemporaryRoot() {
-        guard removesDirectories, let path = lock.withLock({ root?.path }) else { return }
+        guard removesDirectories, let path = state.withLock({ $0.root?.path }) else { return }
         try? FileManager.default.removeItem(atPath: path)
     }
 }

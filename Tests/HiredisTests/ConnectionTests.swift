@@ -3,6 +3,7 @@ import Foundation
 import Hiredis
 import LocalRedis
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -517,13 +518,13 @@ struct ConnectionTests {
         #expect(socketsConnected(toPort: server.port) == 0)
         var after = openDescriptorCount()
         // Other tests open and close descriptors in parallel: give them a moment.
-        let flat = await eventually(within: .seconds(3)) {
+        let flat = await eventually(timeout: .seconds(3)) {
             after = openDescriptorCount()
             return after <= before + 5
         }
         #expect(flat, "open descriptors: \(before) before, \(after) after 1000 cycles")
         // The server saw every connection go: only redis-cli's own is left.
-        #expect(await eventually(within: .seconds(5)) { (try? await server.connectedClients()) == 1 })
+        #expect(await eventually(timeout: .seconds(5)) { (try? await server.connectedClients()) == 1 })
     }
 
     /// The connection's sockets are close-on-exec: a child process spawned while it is open (here with
@@ -537,16 +538,12 @@ struct ConnectionTests {
         let connection = try RedisConnection(server: server.address(), options: .patient)
         let ping = await connection.result(of: ["PING"], within: .seconds(15))
         #expect(ping == .success(.status("PONG")), "\(String(describing: ping))")
-        let child = try spawnInheritingEverything("/bin/sleep", "5")
-        defer {
-            _ = kill(child, SIGKILL)
-            var status: Int32 = 0
-            _ = waitpid(child, &status, 0)
-        }
+        let child = try Subprocess("/bin/sleep", ["5"], inheritingDescriptors: true)
+        defer { child.signal(SIGKILL) }
         #expect(await connection.closed())
-        let gone = await eventually(within: .seconds(3)) { (try? await server.connectedClients()) == 1 }
+        let gone = await eventually(timeout: .seconds(3)) { (try? await server.connectedClients()) == 1 }
         // The child was alive the whole time, so it is not its exit that closed the socket.
-        #expect(kill(child, 0) == 0, "the child is still running")
+        #expect(!child.hasExited, "the child is still running")
         #expect(gone, "the server still sees the connection: the child inherited its socket")
     }
 
@@ -622,7 +619,7 @@ struct ConnectionTests {
             #expect(log.disconnections.first?.kind == .closed)
             if !closed { break }
         }
-        #expect(await eventually(within: .seconds(5)) { (try? await server.connectedClients()) == 1 })
+        #expect(await eventually(timeout: .seconds(5)) { (try? await server.connectedClients()) == 1 })
     }
 
     @Test func closeFromInsideACompletionHandlerDoesNotCrash() async throws {
@@ -684,7 +681,7 @@ struct ConnectionTests {
             _ = try RedisConnection(server: address, options: .patient)
         }
         // Everything is gone on the server's side, and a new connection still works.
-        #expect(await eventually(within: .seconds(5)) { (try? await server.connectedClients()) == 1 })
+        #expect(await eventually(timeout: .seconds(5)) { (try? await server.connectedClients()) == 1 })
         let connection = try RedisConnection(server: address, options: .patient)
         #expect(try await connection.send(["PING"]) == .status("PONG"))
         await connection.close()

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Hiredis
 import LocalRedis
+import TestSupport
 import Testing
 
 /// `RedisConnection` while its server is paused (SIGSTOP), killed (SIGKILL), restarted, or drops the

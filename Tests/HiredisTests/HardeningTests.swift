@@ -3,6 +3,7 @@ import Foundation
 import Hiredis
 import LocalRedis
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)

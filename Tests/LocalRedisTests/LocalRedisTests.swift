@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Hiredis
 import LocalRedis
 import Testing
 
@@ -598,14 +599,12 @@ private func isRedisServer(_ pid: pid_t) -> Bool {
 }
 
 /// Pids seen from several threads.
-private final class PIDSet: @unchecked Sendable {
-    // @unchecked: `pids` is only touched with `lock` held.
-    private let lock = NSLock()
-    private var pids: Set<pid_t> = []
+private final class PIDSet: Sendable {
+    private let pids = Locked<Set<pid_t>>([])
 
     func insert(_ pid: pid_t) {
-        lock.withLock { _ = pids.insert(pid) }
+        pids.withLock { _ = $0.insert(pid) }
     }
 
-    var all: Set<pid_t> { lock.withLock { pids } }
+    var all: Set<pid_t> { pids.withLock { $0 } }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import LocalRedis
 import MultiRedlock
+import TestSupport
 import Testing
 
 /// The Redis ACL that README's "Operating it" gives a lock user, checked against real servers: a
@@ -72,13 +73,13 @@ struct ACLRightsTests {
         #expect(try await admin.cli("ACL", "DRYRUN", "locker", "FLUSHALL").contains("permission"))
 
         let redlock = try Self.redlock(group.ports)
-        try await eventually(timeout: .seconds(10)) { redlock.nodes.allSatisfy(\.isConnected) }
+        try await connected(redlock)
 
         // One resource: SET NX PX, then the extend and release scripts (EVALSHA, NOSCRIPT, EVAL).
         let lock = try await redlock.lock("locks:job", ttl: .seconds(10))
         let renewed = try await redlock.renew(lock, ttl: .seconds(60))
         for server in group.servers {
-            try await eventually { try await server.cli("PTTL", "locks:job").count == 5 }  // > 9999 ms
+            try await waitUntil { try await server.cli("PTTL", "locks:job").count == 5 }  // > 9999 ms
             #expect(try await server.cli("GET", "locks:job") == lock.value)
         }
         #expect(try await redlock.release(renewed) == 3)
@@ -99,7 +100,7 @@ struct ACLRightsTests {
 
         // Fencing: the fenced acquire and the write-back of the counter.
         let fencing = try Self.redlock(group.ports, fencing: true)
-        try await eventually(timeout: .seconds(10)) { fencing.nodes.allSatisfy(\.isConnected) }
+        try await connected(fencing)
         let first = try await fencing.lock("locks:ledger", ttl: .seconds(10))
         try await fencing.release(first)
         let second = try await fencing.lock("locks:ledger", ttl: .seconds(10))
@@ -125,11 +126,8 @@ struct ACLRightsTests {
         let redlock = try Self.redlock([server.port])
         let fencing = try Self.redlock([server.port], fencing: true)
         // Without PING or SELECT the handshake fails and the node never connects: wait for that try.
-        let deadline = ContinuousClock.now + .seconds(3)
-        while ContinuousClock.now < deadline
-            && !(redlock.nodes.allSatisfy(\.isConnected) && fencing.nodes.allSatisfy(\.isConnected))
-        {
-            try await Task.sleep(for: .milliseconds(20))
+        _ = await eventually(timeout: .seconds(3), every: .milliseconds(20)) {
+            redlock.nodes.allSatisfy(\.isConnected) && fencing.nodes.allSatisfy(\.isConnected)
         }
         if let lock = try? await redlock.lock("locks:job", ttl: .seconds(10)) {
             _ = try? await redlock.renew(lock)

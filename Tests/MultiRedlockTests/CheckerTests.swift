@@ -2,6 +2,7 @@ import Foundation
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 
 /// `MutualExclusionChecker` on hand-made histories, and its line format.
@@ -247,17 +248,10 @@ struct CheckerTests {
         let python = "/usr/bin/python3"
         try #require(FileManager.default.isExecutableFile(atPath: python), "needs \(python)")
         let before = MutualExclusionChecker.now()
-        let output = try await offPool {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: python)
-            process.arguments = ["-S", "-c", "import time; print(time.monotonic_ns())"]
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return String(decoding: data, as: UTF8.self)
-        }
+        let output = try await Subprocess.run(
+            python, ["-S", "-c", "import time; print(time.monotonic_ns())"]
+        )
+        .stdout
         let after = MutualExclusionChecker.now()
         let theirs = try #require(UInt64(output.trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(before <= theirs && theirs <= after, "\(before) \(theirs) \(after)")

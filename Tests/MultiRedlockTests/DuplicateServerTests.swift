@@ -1,5 +1,6 @@
 import LocalRedis
 import MultiRedlock
+import TestSupport
 import Testing
 
 /// Issue 12, item 4, against real servers: one redis-server reached under two addresses (its own
@@ -33,7 +34,7 @@ import Testing
         // With B down, A alone (under two addresses) is no quorum.
         #expect(await group[1].kill9())
         #expect(!group[1].isRunning)
-        try await eventually { !redlock.nodes[2].isConnected }
+        try await waitUntil { !redlock.nodes[2].isConnected }
         #expect(!redlock.isConnected)
         let refused = try await #require(throws: RedlockError.self) {
             try await redlock.lock(Fault.resource(), ttl: .seconds(5))

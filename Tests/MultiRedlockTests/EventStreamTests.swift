@@ -1,6 +1,7 @@
 import MultiRedlock
 import MultiRedlockTesting
 import Synchronization
+import TestSupport
 import Testing
 
 /// `Redlock.events`: the connect and disconnect events as an `AsyncStream`.
@@ -33,18 +34,18 @@ struct EventStreamTests {
         let redlock = try Redlock(nodes: nodes, options: RedlockOptions(id: "events"))
         // Subscribed while a quorum is connected: `.connect` at once.
         let collector = Collector(redlock.events)
-        try await eventually { collector.events == [.connect] }
+        try await waitUntil { collector.events == [.connect] }
         nodes[0].setConnected(false)  // 2 of 3: still a quorum, no event
         nodes[1].setConnected(false)  // 1 of 3: below
         nodes[1].setConnected(true)  // 2 of 3 again
-        try await eventually { collector.events == [.connect, .disconnect, .connect] }
+        try await waitUntil { collector.events == [.connect, .disconnect, .connect] }
         #expect(!collector.isFinished)
         await redlock.close()
-        try await eventually { collector.isFinished }
+        try await waitUntil { collector.isFinished }
         #expect(collector.events == [.connect, .disconnect, .connect])
         // A stream asked for after close() is finished at once.
         let late = Collector(redlock.events)
-        try await eventually { late.isFinished }
+        try await waitUntil { late.isFinished }
         #expect(late.events.isEmpty)
     }
 
@@ -55,11 +56,11 @@ struct EventStreamTests {
         let first = Collector(redlock.events)
         let second = Collector(redlock.events)
         first.task.cancel()  // stops iterating: its subscription ends
-        try await eventually { first.isFinished }
+        try await waitUntil { first.isFinished }
         for node in nodes { node.setConnected(true) }
-        try await eventually { second.events == [.connect] }
+        try await waitUntil { second.events == [.connect] }
         #expect(first.events.isEmpty)
         await redlock.close()
-        try await eventually { second.isFinished }
+        try await waitUntil { second.isFinished }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -244,7 +245,7 @@ extension Failover {
             #expect(elapsed < .seconds(2), "\(elapsed)")
             let failure = Fault.failure(error, node: servers[0].description)
             #expect(failure != nil, "\(error)")
-            try await Fault.waitUntil(timeout: .seconds(3), "the real node released") {
+            try await waitUntil(timeout: .seconds(3), "the real node released") {
                 try await Fault.dbsize(group[0]) == 0
             }
             print(
@@ -312,7 +313,7 @@ extension Failover {
                 Fault.address(group[1].port),
             ]
             let redlock = try Redlock(servers: servers, options: Fault.options())
-            try await eventually(timeout: .seconds(5)) { redlock.nodes.allSatisfy(\.isConnected) }
+            try await connected(redlock, timeout: .seconds(5))
             let resource = Fault.resource()
             let lock = try await redlock.lock(resource, ttl: .seconds(5))
             #expect(lock.nodes.count == 2)
@@ -325,7 +326,7 @@ extension Failover {
                 try await redlock.lock(resource, ttl: .seconds(5))
             }
             #expect(error.kind == .quorumUnavailable, "one real server alone is no quorum: \(error)")
-            try await Fault.waitUntil(timeout: .seconds(3), "released") {
+            try await waitUntil(timeout: .seconds(3), "released") {
                 try await Fault.dbsize(group[0]) == 0
             }
             await redlock.close()

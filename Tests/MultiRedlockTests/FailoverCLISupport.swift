@@ -1,56 +1,25 @@
-import Dispatch
 import Foundation
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
-import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-// The `redlock` command-line tool as a child process, for scenario 12, the soak, the real-SIGSTOP
-// variant of scenario 9 and the FaultCLI part of the bad-input matrix.
+// The `redlock` command-line tool (TestSupport's `startRedlock` and `redlock`) in scenario 12, the
+// soak, the real-SIGSTOP variant of scenario 9 and the CLI part of the bad-input matrix.
 
 enum FaultCLI {
-    /// The `redlock` executable: $MULTIREDLOCK_REDLOCK, else next to the test bundle (the same build
-    /// folder), else nil.
-    static let path: String? = {
-        if let path = ProcessInfo.processInfo.environment["MULTIREDLOCK_REDLOCK"], !path.isEmpty {
-            return path
-        }
-        let directory = (CommandLine.arguments[0] as NSString).deletingLastPathComponent
-        var candidates = [directory + "/redlock"]
-        // Inside an .xctest bundle on some platforms: …/debug/X.xctest/Contents/MacOS/X.
-        candidates.append(
-            ((((directory as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
-                as NSString).deletingLastPathComponent as NSString).appendingPathComponent("redlock"))
-        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }()
-
-    static func require() throws -> String {
-        try #require(
-            path, "the redlock executable was not found next to the test binary (set MULTIREDLOCK_REDLOCK)")
-    }
-
-    /// The environment children run with: this process's, without any REDLOCK_ variable, with
-    /// `REDLOCK_PASSWORD` set to the password LocalRedis gives every server by default (never on a
-    /// command line), plus `extra` (`"REDLOCK_PASSWORD": ""` for none).
-    static func environment(_ extra: [String: String] = [:]) -> [String: String] {
-        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REDLOCK_") }
-        environment["REDLOCK_PASSWORD"] = RedisServerConfiguration.defaultPassword
-        for (key, value) in extra { environment[key] = value }
-        return environment
-    }
-
     static func servers(_ ports: [Int]) -> String {
         ports.map { "127.0.0.1:\($0)" }.joined(separator: ",")
     }
 
     /// A tiny program that prints CLOCK_MONOTONIC in nanoseconds (the checker's clock), compiled
     /// once with cc; Python's `time.monotonic_ns()` (the same clock) when there is no compiler.
-    static func monotonicCommand(in directory: String) throws -> String {
+    static func monotonicCommand(in directory: String) async throws -> String {
         let source = directory + "/monotonic-ns.c"
         let binary = directory + "/monotonic-ns"
         let program = """
@@ -66,7 +35,8 @@ enum FaultCLI {
         try program.write(toFile: source, atomically: true, encoding: .utf8)
         for compiler in ["/usr/bin/cc", "/usr/bin/gcc", "/usr/bin/clang"]
         where FileManager.default.isExecutableFile(atPath: compiler) {
-            let result = try FaultChild.run(compiler, ["-O2", "-o", binary, source], timeout: .seconds(60))
+            let result = try await Subprocess.run(
+                compiler, ["-O2", "-o", binary, source], timeout: .seconds(60))
             if result.status == 0 { return binary }
         }
         let script = directory + "/monotonic-ns.sh"
@@ -74,134 +44,6 @@ enum FaultCLI {
             toFile: script, atomically: true, encoding: .utf8)
         chmod(script, 0o755)
         return script
-    }
-}
-
-/// One child process (posix_spawn through Foundation's Process), its output in files.
-final class FaultChild: Sendable {
-    struct Result: Sendable {
-        var status: Int32
-        var signaled: Bool
-        var stdout: String
-        var stderr: String
-        var elapsed: Duration
-    }
-
-    let pid: pid_t
-    private let process: Process
-    let stdoutPath: String
-    let stderrPath: String
-    /// Our ends of the output files, closed once the child has exited (Foundation keeps them open as
-    /// long as the `Process` lives, and Process.run crashes once a process has a thousand or so open).
-    private let handles: Mutex<[FileHandle]>
-    private let started = ContinuousClock.now
-
-    init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
-        // In the run's private scratch directory (removed by make's trap even after a crash), mode 0600.
-        let directory = try PrivateFiles.childOutputDirectory()
-        let tag = UInt64.random(in: 0...UInt64.max)
-        stdoutPath = directory + "/child-\(tag).out"
-        stderrPath = directory + "/child-\(tag).err"
-        try PrivateFiles.create(stdoutPath)
-        try PrivateFiles.create(stderrPath)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let environment { process.environment = environment }
-        guard let outputHandle = Self.writingHandle(stdoutPath),
-            let errorHandle = Self.writingHandle(stderrPath)
-        else { throw FaultError("cannot open \(stdoutPath) or \(stderrPath)") }
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = outputHandle
-        process.standardError = errorHandle
-        do {
-            try process.run()
-        } catch {
-            try? outputHandle.close()
-            try? errorHandle.close()
-            throw error
-        }
-        self.process = process
-        handles = Mutex([outputHandle, errorHandle])
-        pid = process.processIdentifier
-    }
-
-    /// A handle writing to `path` on a descriptor of 3 or more. While a test has closed standard
-    /// input (HardeningTests, descriptor 0), a new file may get descriptor 0; Process then puts
-    /// /dev/null on the child's descriptor 0 before it copies the output file there, and the child's
-    /// output is lost (an `acquire` exited 0 with nothing on stdout).
-    static func writingHandle(_ path: String) -> FileHandle? {
-        let descriptor = open(path, O_WRONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return nil }
-        if descriptor > 2 { return FileHandle(fileDescriptor: descriptor, closeOnDealloc: true) }
-        let high = fcntl(descriptor, F_DUPFD_CLOEXEC, 3)
-        close(descriptor)
-        return high >= 0 ? FileHandle(fileDescriptor: high, closeOnDealloc: true) : nil
-    }
-
-    deinit {
-        closeHandles()
-        unlink(stdoutPath)
-        unlink(stderrPath)
-    }
-
-    private func closeHandles() {
-        for handle in handles.withLock({ handles in
-            defer { handles = [] }
-            return handles
-        }) {
-            try? handle.close()
-        }
-    }
-
-    var isRunning: Bool { process.isRunning }
-
-    /// Waits (polling, at most `timeout`) for the child to exit; SIGKILLs it past the timeout.
-    func wait(timeout: Duration) async throws -> Result {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(5))
-        }
-        if process.isRunning {
-            kill(pid, SIGKILL)
-            let killDeadline = ContinuousClock.now + .seconds(5)
-            while process.isRunning && ContinuousClock.now < killDeadline {
-                try await Task.sleep(for: .milliseconds(5))
-            }
-            Issue.record(
-                "child \(pid) (\(process.arguments?.first ?? "")) ran longer than \(timeout); killed")
-        }
-        return result()
-    }
-
-    private func result() -> Result {
-        if !process.isRunning { closeHandles() }
-        let stdout = (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? ""
-        let stderr = (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? ""
-        return Result(
-            status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
-            stdout: stdout, stderr: stderr, elapsed: ContinuousClock.now - started)
-    }
-
-    /// Runs a program to completion, blocking the calling thread (for set-up steps such as `cc`).
-    static func run(_ executable: String, _ arguments: [String], timeout: Duration) throws -> Result {
-        let child = try FaultChild(executable, arguments)
-        let deadline = ContinuousClock.now + timeout
-        while child.process.isRunning && ContinuousClock.now < deadline { usleep(5_000) }
-        if child.process.isRunning {
-            kill(child.pid, SIGKILL)
-            child.process.waitUntilExit()
-        }
-        return child.result()
-    }
-
-    /// Runs `redlock arguments…` to completion (at most `timeout`).
-    static func redlock(
-        _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(30)
-    ) async throws -> Result {
-        let child = try FaultChild(
-            try FaultCLI.require(), arguments, environment: FaultCLI.environment(environment))
-        return try await child.wait(timeout: timeout)
     }
 }
 
@@ -234,14 +76,14 @@ struct CounterContention {
     }
 
     static func run(_ group: RedisServerGroup, _ configuration: Configuration) async throws -> Outcome {
-        let redlock = try FaultCLI.require()
+        _ = try BuiltExecutable.require("redlock")
         let directory = try makeScratchDirectory(prefix: "contention")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let counter = directory + "/counter"
         let holds = directory + "/holds"
         try "0\n".write(toFile: counter, atomically: true, encoding: .utf8)
         _ = FileManager.default.createFile(atPath: holds, contents: nil)
-        let monotonic = try await offPool { try FaultCLI.monotonicCommand(in: directory) }
+        let monotonic = try await FaultCLI.monotonicCommand(in: directory)
         let ttlNanoseconds = UInt64(configuration.ttlMilliseconds) * 1_000_000
         // Read, sleep, write: two holders at once would lose an increment.
         let script = """
@@ -318,14 +160,13 @@ struct CounterContention {
                             "TTLNS": String(ttlNanoseconds),
                         ]
                         do {
-                            let child = try FaultChild(
-                                redlock, arguments, environment: FaultCLI.environment(environment))
-                            let result = try await child.wait(timeout: .seconds(40))
+                            let result = try await redlock(
+                                arguments, environment: environment, timeout: .seconds(40))
                             if result.status == 0 && !result.signaled {
                                 succeeded.increment()
                             } else {
                                 failures.append(
-                                    "worker \(worker) run \(iteration): exit \(result.status)"
+                                    "worker \(worker) run \(iteration): exit \(result.status ?? -1)"
                                         + "\(result.signaled ? " (signal)" : ""): \(result.stderr.suffix(6_000))"
                                 )
                             }

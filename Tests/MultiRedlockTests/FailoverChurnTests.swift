@@ -1,6 +1,7 @@
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 
 extension Failover {
@@ -61,7 +62,7 @@ extension Failover {
             // back to at most their number after the warm-up once the old sockets are closed: nothing
             // else in the process uses that port, so a leak per reconnect would leave 1,000 more.
             var socketsAfter = socketsConnected(toPort: server.port)
-            _ = try await Fault.waitUntil(
+            _ = try await waitUntil(
                 timeout: .seconds(10), "sockets to the server back to \(socketsAfterWarmUp)"
             ) {
                 socketsAfter = socketsConnected(toPort: server.port)
@@ -149,7 +150,7 @@ extension Failover {
             print("scenario 7, all nodes at once (\(instants) instants): \(phase2)")
 
             #expect(checker.violations().isEmpty)
-            try await Fault.waitUntil(timeout: .seconds(5), "nothing left behind") {
+            try await waitUntil(timeout: .seconds(5), "nothing left behind") {
                 var total = 0
                 for server in group.servers { total += try await Fault.dbsize(server) }
                 return total == 0
@@ -179,7 +180,7 @@ extension Failover {
         /// reconnected), and the client reports the node connected (its handshake is done).
         static func awaitReconnect(_ redlock: Redlock, _ group: RedisServerGroup, nodes: [Int]) async throws {
             for index in nodes {
-                _ = try await Fault.waitUntil(timeout: .seconds(10), "node \(index) reconnected") {
+                _ = try await waitUntil(timeout: .seconds(10), "node \(index) reconnected") {
                     let clients = try await Fault.command(
                         group[index].port, ["CLIENT", "LIST", "TYPE", "normal"])
                     let count = clients?.split(whereSeparator: \.isNewline).count ?? 0

@@ -2,6 +2,7 @@ import Foundation
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -26,7 +27,7 @@ extension Failover {
             let outcome = try await CounterContention.run(group, configuration)
             // Exact: this process's sockets to the three servers come back to what they were (closes
             // may lag a moment). Other suites running beside this one use other ports.
-            try await Fault.waitUntil(timeout: .seconds(5), "sockets to the servers back to \(sockets)") {
+            try await waitUntil(timeout: .seconds(5), "sockets to the servers back to \(sockets)") {
                 group.ports.map { socketsConnected(toPort: $0) } == sockets
             }
             // The whole process: other suites move this by dozens; a leak of the two pipes each of the
@@ -55,23 +56,21 @@ extension Failover {
         /// After SIGCONT the tool finds the lock lost, terminates COMMAND and exits 124, and the new
         /// holder's keys are untouched.
         @Test func stoppedClientLosesItsLockAndStopsItsCommand() async throws {
-            let redlockPath = try FaultCLI.require()
             let group = try await RedisServerGroup.start(count: 3)
             defer { group.stopInBackground() }
             let directory = try makeScratchDirectory(prefix: "sigstop")
             defer { try? FileManager.default.removeItem(atPath: directory) }
             let resource = Fault.resource()
             let pidFile = directory + "/pid"
-            let child = try FaultChild(
-                redlockPath,
+            let child = try startRedlock(
                 [
                     "--servers", FaultCLI.servers(group.ports), "--ttl", "1500", "--node-timeout", "250",
                     "run", resource,
                     "--", "/bin/sh", "-c",
                     "echo $$ > \"$PIDFILE.tmp\" && mv \"$PIDFILE.tmp\" \"$PIDFILE\" && exec sleep 30",
                 ],
-                environment: FaultCLI.environment(["PIDFILE": pidFile]))
-            try await Fault.waitUntil(timeout: .seconds(10), "COMMAND started") {
+                environment: ["PIDFILE": pidFile])
+            try await waitUntil(timeout: .seconds(10), "COMMAND started") {
                 FileManager.default.fileExists(atPath: pidFile)
             }
             let commandPID = pid_t(
@@ -81,11 +80,11 @@ extension Failover {
             let heldValue = try #require(try await Fault.get(group[0], resource))
 
             #expect(kill(child.pid, SIGSTOP) == 0)
-            try await Fault.waitUntil(timeout: .seconds(2), "the tool is stopped") {
+            try await waitUntil(timeout: .seconds(2), "the tool is stopped") {
                 Self.processState(child.pid) == "T"
             }
             // Its renewals stop: the keys expire on every server.
-            try await Fault.waitUntil(timeout: .seconds(5), "the stopped client's keys expired") {
+            try await waitUntil(timeout: .seconds(5), "the stopped client's keys expired") {
                 var left = 0
                 for server in group.servers where try await Fault.exists(server, resource) { left += 1 }
                 return left == 0
@@ -95,8 +94,8 @@ extension Failover {
             #expect(lockB.value != heldValue)
 
             #expect(kill(child.pid, SIGCONT) == 0)
-            let result = try await child.wait(timeout: .seconds(15))
-            #expect(result.status == 124, "exit \(result.status): \(result.stderr)")
+            let result = await child.outcome(timeout: .seconds(15))
+            #expect(result.status == 124, "exit \(result.status ?? -1): \(result.stderr)")
             // COMMAND was terminated (it would have slept 30 s).
             #expect(kill(commandPID, 0) != 0 || Self.processState(commandPID) == "Z", "COMMAND still runs")
             #expect(result.elapsed < .seconds(25))
@@ -109,14 +108,15 @@ extension Failover {
             #expect(try await other.release(lockB) == 3)
             await other.close()
             print(
-                "scenario 9 (SIGSTOP): redlock run exited \(result.status) after SIGCONT; B's lock untouched")
+                "scenario 9 (SIGSTOP): redlock run exited \(result.status ?? -1) after SIGCONT; B's lock untouched"
+            )
         }
 
         /// The FaultCLI part of the bad-input matrix: usage errors exit 64 before any I/O (no key is set);
         /// unusual but legal resources work; unreachable servers and wrong passwords exit 69 without
         /// printing the password.
         @Test func badInputThroughTheCLI() async throws {
-            _ = try FaultCLI.require()
+            _ = try BuiltExecutable.require("redlock")
             let group = try await RedisServerGroup.start(count: 3)
             defer { group.stopInBackground() }
             let servers = FaultCLI.servers(group.ports)
@@ -159,10 +159,10 @@ extension Failover {
                 ("release empty value", ["--servers", servers, "release", "r", ""]),
             ]
             for (label, arguments) in usage {
-                let result = try await FaultChild.redlock(arguments, timeout: .seconds(20))
+                let result = try await redlock(arguments, timeout: .seconds(20))
                 #expect(
                     result.status == 64 && !result.signaled,
-                    "\(label): exit \(result.status): \(result.stderr)")
+                    "\(label): exit \(result.status ?? -1): \(result.stderr)")
                 #expect(!result.stderr.isEmpty, "\(label): no message")
                 #expect(!result.stderr.contains(secret) && !result.stdout.contains(secret), "\(label)")
             }
@@ -172,10 +172,10 @@ extension Failover {
 
             // Legal if unusual resources work, and release cleanly (argv caps one argument at 128 KiB).
             for resource in ["ключ-🔒-鍵", String(repeating: "r", count: 100_000), "with space\tand tab"] {
-                let acquired = try await FaultChild.redlock(["--servers", servers, "acquire", resource])
+                let acquired = try await redlock(["--servers", servers, "acquire", resource])
                 #expect(acquired.status == 0, "\(resource.prefix(20)): \(acquired.stderr)")
                 let described: Comment =
-                    "\(resource.prefix(20)): exit \(acquired.status), stdout \(acquired.stdout.utf8.count) bytes: \(acquired.stdout.prefix(200)); stderr: \(acquired.stderr.prefix(500))"
+                    "\(resource.prefix(20)): exit \(acquired.status ?? -1), stdout \(acquired.stdout.utf8.count) bytes: \(acquired.stdout.prefix(200)); stderr: \(acquired.stderr.prefix(500))"
                 let value = try #require(Self.jsonString("value", in: acquired.stdout), described)
                 // The exact bytes are the key on a majority (the tool exits once a quorum granted).
                 var holding = 0
@@ -183,7 +183,7 @@ extension Failover {
                     holding += 1
                 }
                 #expect(holding >= 2, "\(resource.prefix(20)): held on \(holding) servers")
-                let released = try await FaultChild.redlock([
+                let released = try await redlock([
                     "--servers", servers, "release", resource, value,
                 ])
                 #expect(released.status == 0, "\(released.stderr)")
@@ -193,32 +193,32 @@ extension Failover {
             }
 
             // Unknown hosts: not enough servers answer → 69, in bounded time.
-            let unknown = try await FaultChild.redlock(
+            let unknown = try await redlock(
                 [
                     "--servers", "no-such-host-1.invalid,127.0.0.1:\(port),no-such-host-2.invalid",
                     "--retries", "1",
                     "--node-timeout", "250", "acquire", "r",
                 ], timeout: .seconds(20))
-            #expect(unknown.status == 69, "exit \(unknown.status): \(unknown.stderr)")
+            #expect(unknown.status == 69, "exit \(unknown.status ?? -1): \(unknown.stderr)")
             #expect(unknown.elapsed < .seconds(10))
 
             // A wrong password → 69, the password printed nowhere.
             let guarded = try await RedisServerGroup.start(
                 count: 3, RedisServerConfiguration(password: "right-\(secret)"))
             defer { guarded.stopInBackground() }
-            let wrong = try await FaultChild.redlock(
+            let wrong = try await redlock(
                 ["--servers", FaultCLI.servers(guarded.ports), "acquire", "r"],
                 environment: ["REDLOCK_PASSWORD": secret])
-            #expect(wrong.status == 69, "exit \(wrong.status): \(wrong.stderr)")
+            #expect(wrong.status == 69, "exit \(wrong.status ?? -1): \(wrong.stderr)")
             #expect(!wrong.stderr.contains(secret) && !wrong.stdout.contains(secret))
             #expect(wrong.stderr.lowercased().contains("auth"), "\(wrong.stderr)")
-            let inURL = try await FaultChild.redlock(
+            let inURL = try await redlock(
                 [
                     "--servers",
                     guarded.ports.map { "redis://:\(secret)@127.0.0.1:\($0)" }.joined(separator: ","),
                     "acquire", "r",
                 ])
-            #expect(inURL.status == 69, "exit \(inURL.status): \(inURL.stderr)")
+            #expect(inURL.status == 69, "exit \(inURL.status ?? -1): \(inURL.stderr)")
             #expect(!inURL.stderr.contains(secret) && !inURL.stdout.contains(secret))
             for server in guarded.servers {
                 #expect(try await Fault.dbsize(server, password: "right-\(secret)") == 0)

@@ -2,6 +2,7 @@ import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
 import Synchronization
+import TestSupport
 import Testing
 
 extension Failover {
@@ -79,7 +80,7 @@ extension Failover {
                     }
                 }
             }
-            try await eventually(timeout: .seconds(20)) { grants.count >= 15 }
+            try await waitUntil(timeout: .seconds(20)) { grants.count >= 15 }
             #expect(await group[0].kill9())
             killedAt.withLock { $0 = .now }
             #expect(!group[0].isRunning, "the node must really be dead")
@@ -169,11 +170,11 @@ extension Failover {
             }
             // Each attempt's SET reached the survivor (the last one maybe after `lock` returned: the dead
             // nodes decided the attempt at once); each was released there.
-            try await Fault.waitUntil(timeout: .seconds(3), "every attempt's SET reached the survivor") {
+            try await waitUntil(timeout: .seconds(3), "every attempt's SET reached the survivor") {
                 try await Fault.commandCalls(survivor, "set") - setsBefore >= retries + 1
             }
             #expect(try await Fault.commandCalls(survivor, "set") - setsBefore == retries + 1)
-            try await Fault.waitUntil(timeout: .seconds(3), "the survivor released") {
+            try await waitUntil(timeout: .seconds(3), "the survivor released") {
                 try await Fault.exists(survivor, resource) == false
             }
             #expect(try await Fault.dbsize(survivor) == 0)
@@ -203,7 +204,7 @@ extension Failover {
                 }
                 kinds.append(error.kind)
                 if error.kind != .quorumUnavailable && example == nil { example = error }
-                try await Fault.waitUntil(timeout: .seconds(3), "round \(round): released") {
+                try await waitUntil(timeout: .seconds(3), "round \(round): released") {
                     try await Fault.exists(group[0], resource) == false
                 }
             }
@@ -243,7 +244,7 @@ extension Failover {
             #expect(try await Fault.get(group[2], resource) == lockA.value)
 
             // B (an old client) is refused: the restarted nodes' grants do not count yet.
-            try await eventually(timeout: .seconds(5)) { clientB.nodes.allSatisfy(\.isConnected) }
+            try await connected(clientB, timeout: .seconds(5))
             do {
                 let lockB = try await clientB.lock(resource, ttl: .seconds(5))
                 checker.acquired(lockB, client: "B")
@@ -333,7 +334,7 @@ extension Failover {
             let lockA = try await clientA.lock(resource, ttl: .seconds(5))
             checker.acquired(lockA, client: "A")
             // `lock` returns once a quorum granted: wait until every node has A's key (and so its AOF).
-            _ = try await Fault.waitUntil("A's key on every node") {
+            _ = try await waitUntil("A's key on every node") {
                 for server in group.servers where try await Fault.get(server, resource) != lockA.value {
                     return false
                 }
@@ -348,7 +349,7 @@ extension Failover {
                 #expect(try await Fault.get(group[index], resource) == lockA.value, "the AOF kept A's key")
             }
             // Both clients are back on every node: B's attempt meets every node, and A's release too.
-            try await eventually(timeout: .seconds(5)) {
+            try await waitUntil(timeout: .seconds(5)) {
                 [clientA, clientB].allSatisfy { $0.nodes.allSatisfy(\.isConnected) }
             }
 

@@ -1,6 +1,7 @@
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 
 @testable import MultiRedlock
@@ -66,7 +67,7 @@ extension Failover {
             #expect(failure.message.contains(fragment), "\(failure)", sourceLocation: sourceLocation)
             #expect(error.description.contains(fragment), sourceLocation: sourceLocation)
             print("scenario 6: \(fragment): \(failure)")
-            try await Fault.waitUntil(
+            try await waitUntil(
                 timeout: .seconds(3), "released on node 2", sourceLocation: sourceLocation
             ) {
                 let contestedLeft = try await Fault.exists(group[2], contested)
@@ -102,7 +103,7 @@ extension Failover {
             let masterauth = ["CONFIG", "SET", "masterauth", RedisServerConfiguration.defaultPassword]
             #expect(try await Fault.command(node.port, masterauth) == "+OK")
             _ = try await node.cli("REPLICAOF", "127.0.0.1", String(master[0].port))
-            try await Fault.waitUntil(timeout: .seconds(10), "the replica is in sync") {
+            try await waitUntil(timeout: .seconds(10), "the replica is in sync") {
                 try await Fault.info(node, "master_link_status") == "up"
             }
             #expect(try await Fault.info(node, "role") == "slave")
@@ -138,7 +139,7 @@ extension Failover {
             let killed = try await Fault.command(
                 node.port, ["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"], password: password)
             #expect(killed == ":1", "the Redlock's connection was killed")
-            try await eventually(timeout: .seconds(3)) { !redlock.nodes[0].isConnected }
+            try await waitUntil(timeout: .seconds(3)) { !redlock.nodes[0].isConnected }
             try await Self.expectVoteAgainst(
                 group, redlock, fragment: "NOAUTH", kinds: [.unreachable, .errorReply], password: nil)
             #expect(!redlock.nodes[0].isConnected)
@@ -158,7 +159,7 @@ extension Failover {
             let scriptReply = Task {
                 try await script.command("EVAL", "while true do end", "0", timeout: .seconds(20))
             }
-            try await Fault.waitUntil(timeout: .seconds(3), "the server is busy") {
+            try await waitUntil(timeout: .seconds(3), "the server is busy") {
                 try await Fault.command(node.port, ["PING"])?.hasPrefix("-BUSY") == true
             }
             try await Self.expectVoteAgainst(group, redlock, fragment: "BUSY")
@@ -167,7 +168,7 @@ extension Failover {
             #expect(reply?.contains("killed") == true, "\(reply ?? "nil")")
             #expect(try await Fault.command(node.port, ["PING"]) == "+PONG")
             // Healthy again: the node votes for the next lock.
-            try await eventually(timeout: .seconds(3)) { redlock.nodes[0].isConnected }
+            try await waitUntil(timeout: .seconds(3)) { redlock.nodes[0].isConnected }
             let lock = try await redlock.lock(Fault.resource(), ttl: .seconds(5))
             #expect(try await redlock.release(lock) == 3)
             await redlock.close()
@@ -188,12 +189,12 @@ extension Failover {
                 try await Fault.command(node.port, ["PING"], password: nil)?.contains(
                     "max number of clients reached")
                     == true)
-            try await eventually(timeout: .seconds(3)) { !redlock.nodes[0].isConnected }
+            try await waitUntil(timeout: .seconds(3)) { !redlock.nodes[0].isConnected }
             try await Self.expectVoteAgainst(
                 group, redlock, fragment: "max number of clients",
                 kinds: [.unreachable, .errorReply, .connectionLost])
             #expect(try await holder.command("CONFIG", "SET", "maxclients", "10000") == "+OK")
-            try await eventually(timeout: .seconds(3)) { redlock.nodes[0].isConnected }
+            try await waitUntil(timeout: .seconds(3)) { redlock.nodes[0].isConnected }
             await redlock.close()
         }
 

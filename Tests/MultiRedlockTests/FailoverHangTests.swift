@@ -1,6 +1,7 @@
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 
 extension Failover {
@@ -67,11 +68,11 @@ extension Failover {
             #expect(!hung.isPaused)
             let resumed = ContinuousClock.now
             // The first SET sent while hung was applied after SIGCONT…
-            try await Fault.waitUntil(timeout: .seconds(3), "the late SET ran") {
+            try await waitUntil(timeout: .seconds(3), "the late SET ran") {
                 try await Fault.commandCalls(hung, "set") > setsBefore
             }
             // …and the background release deleted it: gone long before its 10 s ttl, not expired.
-            let took = try await Fault.waitUntil(timeout: .seconds(7), "the late key was released") {
+            let took = try await waitUntil(timeout: .seconds(7), "the late key was released") {
                 try await Fault.exists(hung, resource) == false
             }
             #expect(ContinuousClock.now - resumed < ttl - .seconds(2))
@@ -159,7 +160,7 @@ extension Failover {
             #expect(elapsed < bound + .milliseconds(500), "took \(elapsed), bound \(bound) + 0.5 s")
             print("scenario 4: majority hung: quorumUnavailable after \(elapsed) (bound \(bound) + 0.5 s)")
             // The third node was released at once.
-            try await Fault.waitUntil(timeout: .seconds(3), "the healthy node released") {
+            try await waitUntil(timeout: .seconds(3), "the healthy node released") {
                 try await Fault.exists(group[2], resource) == false
             }
 
@@ -169,11 +170,11 @@ extension Failover {
             }
             let resumed = ContinuousClock.now
             for (index, server) in hung.enumerated() {
-                try await Fault.waitUntil(timeout: .seconds(3), "the late SET ran on node \(index)") {
+                try await waitUntil(timeout: .seconds(3), "the late SET ran on node \(index)") {
                     try await Fault.commandCalls(server, "set") > setsBefore[index]
                 }
             }
-            let took = try await Fault.waitUntil(timeout: .seconds(7), "nothing left locked") {
+            let took = try await waitUntil(timeout: .seconds(7), "nothing left locked") {
                 var total = 0
                 for server in group.servers { total += try await Fault.dbsize(server) }
                 return total == 0

@@ -1,6 +1,7 @@
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 
 extension Failover {
@@ -20,7 +21,7 @@ extension Failover {
                 try await Fault.command(
                     proxy.port, ["SET", "k", "w"], password: nil, timeout: .milliseconds(300))
             }
-            try await Fault.waitUntil(timeout: .seconds(2), "the proxy dropped the reply") {
+            try await waitUntil(timeout: .seconds(2), "the proxy dropped the reply") {
                 proxy.counters.dropped > 0
             }
             // The write went through although its reply was dropped.
@@ -52,12 +53,12 @@ extension Failover {
             #expect(!lock.nodes.contains(proxied), "\(lock.nodes)")
             #expect(lock.nodes.count == 2)
             // The SET did reach the server behind the proxy; only its reply was lost.
-            try await Fault.waitUntil(timeout: .seconds(2), "the SET landed behind the proxy") {
+            try await waitUntil(timeout: .seconds(2), "the SET landed behind the proxy") {
                 try await Fault.get(group[0], resource) == lock.value
             }
             // The server answered and the proxy dropped that answer (the quorum may decide before the
             // answer reaches the proxy, so wait for it rather than read the counter once).
-            try await Fault.waitUntil(timeout: .seconds(2), "the proxy dropped the SET's reply") {
+            try await waitUntil(timeout: .seconds(2), "the proxy dropped the SET's reply") {
                 proxy.counters.dropped > 0
             }
             // Release once the SET has timed out (a release sent right behind it on the same connection
@@ -69,13 +70,13 @@ extension Failover {
 
             let healed = ContinuousClock.now
             proxy.dropReplies = false
-            let took = try await Fault.waitUntil(timeout: .seconds(8), "the lost-reply key was released") {
+            let took = try await waitUntil(timeout: .seconds(8), "the lost-reply key was released") {
                 try await Fault.exists(group[0], resource) == false
             }
             #expect(ContinuousClock.now - healed < ttl - .seconds(1), "released, not expired")
 
             // When its vote is needed, the dropping node is a timeout, not a grant.
-            try await eventually(timeout: .seconds(5)) { redlock.nodes[0].isConnected }
+            try await waitUntil(timeout: .seconds(5)) { redlock.nodes[0].isConnected }
             let other = Fault.resource()
             _ = try await group[2].cli("SET", other, "someone-else", "PX", "30000")
             proxy.dropReplies = true
@@ -84,11 +85,11 @@ extension Failover {
             }
             #expect(error.kind == .quorumUnavailable, "\(error)")
             #expect(Fault.failure(error, node: proxied)?.kind == .timeout, "\(error)")
-            try await Fault.waitUntil(timeout: .seconds(2), "the SET landed behind the proxy") {
+            try await waitUntil(timeout: .seconds(2), "the SET landed behind the proxy") {
                 try await Fault.exists(group[0], other)
             }
             proxy.dropReplies = false
-            try await Fault.waitUntil(timeout: .seconds(8), "the second lost-reply key was released") {
+            try await waitUntil(timeout: .seconds(8), "the second lost-reply key was released") {
                 try await Fault.exists(group[0], other) == false
             }
             #expect(try await Fault.info(group[0], "expired_keys") == "0")
@@ -126,16 +127,16 @@ extension Failover {
             let landed0 = try await Fault.get(group[0], resource)
             let landed1 = try await Fault.get(group[1], resource)
             #expect(landed0 != nil && landed1 != nil, "the writes went through")
-            try await Fault.waitUntil(timeout: .seconds(2), "both proxies dropped a reply") {
+            try await waitUntil(timeout: .seconds(2), "both proxies dropped a reply") {
                 proxies.allSatisfy { $0.counters.dropped > 0 }
             }
-            try await Fault.waitUntil(timeout: .seconds(3), "the healthy node released") {
+            try await waitUntil(timeout: .seconds(3), "the healthy node released") {
                 try await Fault.exists(group[2], resource) == false
             }
 
             let healed = ContinuousClock.now
             for proxy in proxies { proxy.dropReplies = false }
-            let took = try await Fault.waitUntil(timeout: .seconds(8), "released everywhere") {
+            let took = try await waitUntil(timeout: .seconds(8), "released everywhere") {
                 var total = 0
                 for server in group.servers { total += try await Fault.dbsize(server) }
                 return total == 0

@@ -1,6 +1,7 @@
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 
 extension Failover {
@@ -121,7 +122,7 @@ extension Failover {
                     if takenNodes.contains(index) {
                         #expect(try await Fault.get(server, resource) == "foreign-\(mask)")
                     } else {
-                        try await Fault.waitUntil(timeout: .seconds(3), "mask \(mask) node \(index) free") {
+                        try await waitUntil(timeout: .seconds(3), "mask \(mask) node \(index) free") {
                             try await Fault.exists(server, resource) == false
                         }
                     }

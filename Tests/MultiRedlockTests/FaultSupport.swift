@@ -52,23 +52,6 @@ enum Fault {
         "fault-\(name.prefix { $0 != "(" })-\(UInt32.random(in: 0...UInt32.max))"
     }
 
-    /// Polls an async `condition` every 20 ms until it holds or `timeout` passes (then fails the test).
-    /// Returns how long it took.
-    @discardableResult
-    static func waitUntil(
-        timeout: Duration = .seconds(5), _ what: @autoclosure () -> String = "condition",
-        sourceLocation: SourceLocation = #_sourceLocation, _ condition: () async throws -> Bool
-    ) async throws -> Duration {
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < timeout {
-            if try await condition() { return ContinuousClock.now - start }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        let held = try await condition()
-        #expect(held, "\(what()) did not hold within \(timeout)", sourceLocation: sourceLocation)
-        return ContinuousClock.now - start
-    }
-
     // MARK: Looking at servers
 
     /// `EXISTS key` through a fresh raw connection (so it works whatever the Redlock's connection

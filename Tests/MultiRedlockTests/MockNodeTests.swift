@@ -1,6 +1,7 @@
 import MultiRedlock
 import MultiRedlockTesting
 import Synchronization
+import TestSupport
 import Testing
 
 extension MockRedlockNode {
@@ -254,7 +255,7 @@ struct MockNodeTests {
         #expect(node.clock.followsSystemClock)
         #expect(await node.acquire("k", "v", ttl: .milliseconds(30)) == .succeeded)
         #expect(node.value(of: "k") == "v")
-        #expect(await pollUntil { node.value(of: "k") == nil })
+        #expect(await eventually { node.value(of: "k") == nil })
     }
 
     // MARK: Faults
@@ -327,7 +328,7 @@ struct MockNodeTests {
         #expect(answers.all.isEmpty)
         #expect(node.value(of: "k") == nil, "not applied before the answer")
         #expect(node.calls == [.acquire(key: "k", value: "v", ttl: .seconds(10))], "logged when called")
-        #expect(await pollUntil { !answers.all.isEmpty })
+        #expect(await eventually { !answers.all.isEmpty })
         #expect(answers.times.first.map { $0 - start } ?? .zero >= .milliseconds(100))
         #expect(answers.all == [.succeeded])
         #expect(answers.notes == ["v"], "applied when it answers")
@@ -343,11 +344,11 @@ struct MockNodeTests {
         node.acquire(key: "k", value: "v", ttl: .seconds(10), timeout: .milliseconds(50)) {
             answers.record($0, note: node.value(of: "k"))
         }
-        #expect(await pollUntil { !answers.all.isEmpty })
+        #expect(await eventually { !answers.all.isEmpty })
         #expect(answers.all.map(failureKind) == [.timeout])
         #expect(answers.times.first.map { $0 - start } ?? .zero >= .milliseconds(50))
         #expect(answers.notes == [nil], "answered before the slow command ran")
-        #expect(await pollUntil { node.value(of: "k") == "v" }, "the slow server applies it anyway")
+        #expect(await eventually { node.value(of: "k") == "v" }, "the slow server applies it anyway")
         #expect(answers.all.count == 1, "answered once")
     }
 

@@ -1,5 +1,6 @@
 import LocalRedis
 import MultiRedlock
+import TestSupport
 import Testing
 
 @testable import MultiRedlock
@@ -58,7 +59,7 @@ struct MultiResourceAndFencingTests {
         #expect(lock.resource == keys.joined(separator: ","))
         // Polled: `lock` and `renew` return once a quorum answered; the last node may follow a moment later.
         for server in group.servers {
-            try await eventually {
+            try await waitUntil {
                 try await keys.asyncAllSatisfy { try await server.cli("GET", $0) == lock.value }
             }
         }
@@ -66,7 +67,7 @@ struct MultiResourceAndFencingTests {
         let renewed = try await redlock.renew(lock, ttl: .seconds(30))
         // Each key's ttl is exactly 30 s from a moment after renewStarted (time-invariant on a slow machine).
         for server in group.servers {
-            try await eventually {
+            try await waitUntil {
                 try await keys.asyncAllSatisfy { key in
                     let pttl = Int(try await server.cli("PTTL", key)) ?? -1
                     return pttl <= 30_000
@@ -92,7 +93,7 @@ struct MultiResourceAndFencingTests {
             try await redlock.lock(keys, ttl: .seconds(10))
         }
         #expect(error.kind == .taken)
-        try await eventually {
+        try await waitUntil {
             try await group.servers.asyncAllSatisfy { try await $0.cli("EXISTS", keys[0], keys[2]) == "0" }
         }
         #expect(try await group[0].cli("GET", keys[1]) == "someone-else")
@@ -220,7 +221,7 @@ struct MultiResourceAndFencingTests {
         try await group[0].restart()
         #expect(try await group[0].cli("EXISTS", counterKey) == "0", "no persistence: the counter is gone")
         let node0 = try #require(redlock.nodes[0] as? RedisNode)
-        try await eventually { node0.connection.serverRestartDetectedAt != nil && node0.isConnected }
+        try await waitUntil { node0.connection.serverRestartDetectedAt != nil && node0.isConnected }
         let detected = try #require(node0.connection.serverRestartDetectedAt)
 
         // Quarantined: granted by the two others only.
@@ -233,7 +234,7 @@ struct MultiResourceAndFencingTests {
         // It granted (its grant need not be among the first two counted, so `back.nodes` may omit
         // it): the write-back, which only lands where the key holds the lock's value, raised its
         // counter.
-        try await eventually {
+        try await waitUntil {
             try await group[0].cli("GET", counterKey) == String(back.fencingToken ?? -1)
         }
         // With either old node out of reach, the restarted one makes the majority, and tokens go on.
@@ -242,7 +243,7 @@ struct MultiResourceAndFencingTests {
             let lock = try await lockOnce()
             #expect(lock.nodes.contains(names[0]) && !lock.nodes.contains(names[stopped]), "\(lock.nodes)")
             #expect(await group[stopped].resume())
-            try await eventually { redlock.nodes.allSatisfy(\.isConnected) }
+            try await connected(redlock)
         }
         #expect(zip(tokens, tokens.dropFirst()).allSatisfy { $0 < $1 }, "\(tokens)")
         #expect(tokens.count == 7)

@@ -5,6 +5,7 @@ import Logging
 import MetricsTestKit
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 import Tracing
 
@@ -79,7 +80,7 @@ struct ObservabilityTests {
         #expect(failed.errors.count == 1)
         // Each failed attempt's release is a child span of the lock's span (the last one's is sent
         // in the background).
-        try await eventually {
+        try await waitUntil {
             tracer.finishedSpans.count { $0.operationName == "multiredlock.release" } == 3
         }
         let releases = tracer.finishedSpans.filter { $0.operationName == "multiredlock.release" }
@@ -167,8 +168,8 @@ struct ObservabilityTests {
         }
         #expect(lines("node connected").count == 1)
         #expect(await group[0].kill9())
-        try await eventually { !redlock.nodes[0].isConnected }
-        try await eventually { !lines("node disconnected").isEmpty }
+        try await waitUntil { !redlock.nodes[0].isConnected }
+        try await waitUntil { !lines("node disconnected").isEmpty }
         let reason = try #require(lines("node disconnected").first?.metadata["reason"])
         #expect("\(reason)".contains("connectionLost") || "\(reason)".contains("connect"), "\(reason)")
         #expect("\(reason)" != "no reason given")

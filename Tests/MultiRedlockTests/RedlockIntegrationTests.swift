@@ -2,6 +2,7 @@ import Foundation
 import LocalRedis
 import MultiRedlock
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import MultiRedlock
@@ -63,7 +64,7 @@ struct RedlockIntegrationTests {
         // at least 10 000 − (ms since lockStarted), at any time. Polled: `lock` returns once a quorum
         // granted, and the last SET may land a moment later.
         for server in group.servers {
-            try await eventually {
+            try await waitUntil {
                 guard try await server.cli("GET", resource) == lock.value else { return false }
                 let pttl = Int(try await server.cli("PTTL", resource)) ?? -1
                 return pttl <= 10_000 && pttl >= 10_000 - Self.milliseconds(since: lockStarted)
@@ -79,7 +80,7 @@ struct RedlockIntegrationTests {
         #expect(renewed.validity >= .seconds(30) - allowance30 - renewTook - .milliseconds(1), "\(renewTook)")
         // Likewise each node's extension (a node still on the old ttl has less than 10 000 ms left).
         for server in group.servers {
-            try await eventually {
+            try await waitUntil {
                 let pttl = Int(try await server.cli("PTTL", resource)) ?? -1
                 return pttl <= 30_000 && pttl >= 30_000 - Self.milliseconds(since: renewStarted)
             }
@@ -93,7 +94,7 @@ struct RedlockIntegrationTests {
         // unlock (best effort, returns at once) on a second lock.
         let second = try await redlock.lock(resource, ttl: .seconds(10))
         redlock.unlock(resource, value: second.value)
-        try await eventually {
+        try await waitUntil {
             try await group.servers.asyncAllSatisfy { try await $0.cli("EXISTS", resource) == "0" }
         }
         await redlock.close()
@@ -162,8 +163,8 @@ struct RedlockIntegrationTests {
         let redlock = try await Self.redlock(group, Self.options(retries: 1, nodeTimeout: .milliseconds(300)))
         redlock.on(.connect) { events.append("connect") }
         redlock.on(.disconnect) { events.append("disconnect") }
-        try await eventually { redlock.isConnected }
-        try await eventually { events.entries == ["connect"] }
+        try await waitUntil { redlock.isConnected }
+        try await waitUntil { events.entries == ["connect"] }
 
         // One node down: the quorum (2 of 3) still grants.
         #expect(await group[0].kill9())
@@ -187,14 +188,14 @@ struct RedlockIntegrationTests {
         #expect(error.attempts == 2)
         // (retries + 1) × (nodeTimeout + retryWait), plus a margin.
         #expect(elapsed < .seconds(2))
-        try await eventually { events.entries == ["connect", "disconnect"] }
+        try await waitUntil { events.entries == ["connect", "disconnect"] }
         #expect(!redlock.isConnected)
 
         // Back up: `.connect` fires again, and locks work again once the restarted nodes' grants
         // count again (they came back empty, so their grants wait out the longest ttl used: 1 s).
         try await group[0].restart()
         try await group[1].restart()
-        try await eventually(timeout: .seconds(10)) {
+        try await waitUntil(timeout: .seconds(10)) {
             events.entries == ["connect", "disconnect", "connect"]
         }
         var granted: Lock?
@@ -292,22 +293,15 @@ final class EventLog: Sendable {
 /// Returns `redlock` once every node is connected (with `quorumOnly`, once a quorum is), and fails
 /// the test if that takes longer than `timeout`. A test's first lock then does not also wait for the
 /// handshakes, which under a sanitizer can outlast a short ttl or node timeout.
+@discardableResult
 func connected(
     _ redlock: Redlock, quorumOnly: Bool = false, timeout: Duration = .seconds(10),
     sourceLocation: SourceLocation = #_sourceLocation
 ) async throws -> Redlock {
-    try await eventually(timeout: timeout, sourceLocation: sourceLocation) {
+    try await waitUntil(timeout: timeout, "every node connected", sourceLocation: sourceLocation) {
         quorumOnly ? redlock.isConnected : redlock.nodes.allSatisfy(\.isConnected)
     }
     return redlock
-}
-
-/// Polls `condition` until it holds or `timeout` passes (then fails the test).
-func eventually(
-    timeout: Duration = .seconds(5), sourceLocation: SourceLocation = #_sourceLocation,
-    _ condition: () async throws -> Bool
-) async throws {
-    _ = try await Fault.waitUntil(timeout: timeout, sourceLocation: sourceLocation, condition)
 }
 
 /// A short-lived client (a CLI, a cron job) that fails to lock, or unlocks, and closes at once must
@@ -321,7 +315,7 @@ struct CloseReleasesFirstTests {
         // Someone else holds "job" on nodes 1 and 2; node 3 is free, so the attempt sets it there.
         for index in 0..<2 { try await group[index].cli("SET", "job", "someone-else", "PX", "60000") }
         let redlock = try await RedlockIntegrationTests.redlock(group)
-        try await eventually { redlock.isConnected }
+        try await waitUntil { redlock.isConnected }
         await #expect(throws: RedlockError.self) { try await redlock.lock("job", ttl: .seconds(60)) }
         await redlock.close()
         #expect(try await group[2].cli("EXISTS", "job") == "0")

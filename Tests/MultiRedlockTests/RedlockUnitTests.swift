@@ -2,6 +2,7 @@ import InMemoryLogging
 import Logging
 import MultiRedlockTesting
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import MultiRedlock
@@ -80,19 +81,6 @@ private func hasRelease(_ node: MockRedlockNode, _ resource: String, _ value: St
     node.calls.contains(.release(key: resource, value: value))
 }
 
-/// Waits until `condition` holds, polling; false when `timeout` passes first. (Also used by
-/// MockNodeTests.)
-func pollUntil(
-    within timeout: Duration = .seconds(3), _ condition: @Sendable () -> Bool
-) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(2))
-    }
-    return condition()
-}
-
 /// Whether every attempt with `value` was released on every node that may hold it: at least as
 /// many release calls as acquire calls logged on each (down and hung nodes included), except the
 /// nodes in `refusing`, which hold another owner's key (they get a release only when the attempt
@@ -118,12 +106,12 @@ private func expectReleasedEverywhere(
         Issue.record("no acquire call was logged; \(context)", sourceLocation: sourceLocation)
         return
     }
-    let released = await pollUntil { allAttemptsReleased(nodes, resource, value, refusing: refusing) }
+    let released = await eventually { allAttemptsReleased(nodes, resource, value, refusing: refusing) }
     #expect(
         released, "a release on every node but those that refused; \(context)", sourceLocation: sourceLocation
     )
     // A release may take effect after its call is logged (latency).
-    let free = await pollUntil { nodes.allSatisfy { $0.value(of: resource) != value } }
+    let free = await eventually { nodes.allSatisfy { $0.value(of: resource) != value } }
     let holders = nodes.filter { $0.value(of: resource) == value }.map(\.name)
     #expect(
         free, "no node holds the failed lock's value: \(holders); \(context)", sourceLocation: sourceLocation)
@@ -453,7 +441,7 @@ struct RedlockUnitTests {
         #expect(error.nodes.count { $0.outcome == .granted } >= 2, "a quorum granted it: \(error)")
         await expectReleasedEverywhere(
             nodes, "r", value: acquiredValues(nodes[0], "r").first, "validity expired")
-        #expect(await pollUntil { nodes.allSatisfy { $0.value(of: "r") == nil } })
+        #expect(await eventually { nodes.allSatisfy { $0.value(of: "r") == nil } })
     }
 
     // MARK: Renew
@@ -528,7 +516,7 @@ struct RedlockUnitTests {
         let redlock = try Redlock(nodes: nodes, options: testOptions())
         let lock = try await redlock.lock("r", ttl: .seconds(10))
         redlock.unlock("r", value: "wrong")
-        #expect(await pollUntil { nodes.allSatisfy { hasRelease($0, "r", "wrong") } })
+        #expect(await eventually { nodes.allSatisfy { hasRelease($0, "r", "wrong") } })
         #expect(nodes.allSatisfy { $0.value(of: "r") == lock.value })
 
         let forged = Lock(
@@ -540,7 +528,7 @@ struct RedlockUnitTests {
         #expect(nodes.allSatisfy { $0.value(of: "r") == lock.value })
 
         redlock.unlock("r", value: lock.value)
-        #expect(await pollUntil { nodes.allSatisfy { $0.value(of: "r") == nil } })
+        #expect(await eventually { nodes.allSatisfy { $0.value(of: "r") == nil } })
     }
 
     @Test("release returns how many nodes released; an expired lock throws .notHeld")
@@ -571,10 +559,10 @@ struct RedlockUnitTests {
         #expect(nodes[0].value(of: "r") == lock.value, "unreachable: its key stays for now")
         // The timer retries 50, 100, 200 ms … apart while the node is down, and each fails.
         let releases = { @Sendable in nodes[0].calls.count { $0 == .release(key: "r", value: lock.value) } }
-        #expect(await pollUntil(within: .seconds(20)) { releases() >= 4 }, "\(releases()) release calls")
+        #expect(await eventually(timeout: .seconds(20)) { releases() >= 4 }, "\(releases()) release calls")
         #expect(nodes[0].value(of: "r") == lock.value)
         nodes[0].setConnected(true)
-        #expect(await pollUntil(within: .seconds(20)) { nodes[0].value(of: "r") == nil })
+        #expect(await eventually(timeout: .seconds(20)) { nodes[0].value(of: "r") == nil })
         await redlock.close()
     }
 
@@ -592,7 +580,7 @@ struct RedlockUnitTests {
         #expect(nodes[0].calls.count { $0 == .release(key: "r", value: lock.value) } == 1, "no retry yet")
         #expect(nodes[0].value(of: "r") == lock.value)
         nodes[0].setConnected(true)
-        #expect(await pollUntil(within: .seconds(20)) { nodes[0].value(of: "r") == nil })
+        #expect(await eventually(timeout: .seconds(20)) { nodes[0].value(of: "r") == nil })
         #expect(nodes[0].calls.count { $0 == .release(key: "r", value: lock.value) } == 2)
         await redlock.close()
     }
@@ -640,7 +628,7 @@ struct RedlockUnitTests {
         #expect(elapsed < timeout * 2 * (retries + 1), "took \(elapsed)")
         let values = acquiredValues(nodes[0], "r")
         #expect(values.count == retries + 1, "a value of its own for each attempt")
-        let released = await pollUntil { values.allSatisfy { allAttemptsReleased(nodes, "r", $0) } }
+        let released = await eventually { values.allSatisfy { allAttemptsReleased(nodes, "r", $0) } }
         #expect(released, "every attempt released on every node, the hung ones too")
         nodes[1].isHung = false
         nodes[2].isHung = false
@@ -664,13 +652,13 @@ struct RedlockUnitTests {
         #expect(!redlock.isConnected)
         nodes[1].setConnected(true)
         #expect(redlock.isConnected)
-        #expect(await pollUntil { connects.value == 1 })
+        #expect(await eventually { connects.value == 1 })
         nodes[2].setConnected(true)
         nodes[0].isDown = true
         #expect(redlock.isConnected)
         nodes[1].setConnected(false)
         #expect(!redlock.isConnected)
-        #expect(await pollUntil { disconnects.value == 1 })
+        #expect(await eventually { disconnects.value == 1 })
         nodes[2].setConnected(false)
         nodes[0].isDown = false
         #expect(!redlock.isConnected)
@@ -680,7 +668,7 @@ struct RedlockUnitTests {
         // A .connect handler registered while connected is called at once, after the events before.
         let late = SharedCounter()
         redlock.on(.connect) { late.increment() }
-        #expect(await pollUntil { late.value == 1 })
+        #expect(await eventually { late.value == 1 })
         #expect(connects.value == 2)
         #expect(disconnects.value == 1)
     }
@@ -691,7 +679,7 @@ struct RedlockUnitTests {
         #expect(redlock.isConnected)
         let connects = SharedCounter()
         redlock.on(.connect) { connects.increment() }
-        #expect(await pollUntil { connects.value == 1 })
+        #expect(await eventually { connects.value == 1 })
         let disconnects = SharedCounter()
         redlock.on(.disconnect) { disconnects.increment() }
         try await Task.sleep(for: .milliseconds(20))
@@ -769,7 +757,7 @@ struct RedlockUnitTests {
         nodes[1].set(key: "b", value: "foreign")
         let kind = await lockErrorKind(redlock, ["a", "b"])
         #expect(kind == .taken)
-        #expect(await pollUntil { nodes.allSatisfy { $0.value(of: "a") == nil } }, "all or none")
+        #expect(await eventually { nodes.allSatisfy { $0.value(of: "a") == nil } }, "all or none")
         #expect(nodes[2].calls.contains { $0.isRelease && $0.keys == ["a", "b"] })
     }
 

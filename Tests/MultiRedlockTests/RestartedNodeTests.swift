@@ -1,5 +1,6 @@
 import LocalRedis
 import MultiRedlock
+import TestSupport
 import Testing
 
 /// A node that restarts without persistence loses the locks it held. A client that saw the restart
@@ -36,7 +37,7 @@ struct RestartedNodeTests {
 
         // The watcher reconnects and notices the new run_ids.
         let watched = watcher.nodes.compactMap { $0 as? RedisNode }
-        try await eventually {
+        try await waitUntil {
             watched.prefix(2).allSatisfy { $0.connection.serverRestartDetectedAt != nil && $0.isConnected }
         }
         #expect(watched[2].connection.serverRestartDetectedAt == nil)
@@ -54,7 +55,7 @@ struct RestartedNodeTests {
         #expect(restarted.count >= 1)
         #expect(!error.nodes.contains { $0.outcome == .granted })
         // And the failed attempt was released everywhere: only the holder's key remains.
-        try await eventually {
+        try await waitUntil {
             try await group.servers.prefix(2).asyncAllSatisfy { try await $0.cli("EXISTS", resource) == "0" }
         }
         #expect(try await group[2].cli("GET", resource) == held.value)

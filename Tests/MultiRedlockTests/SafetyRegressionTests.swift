@@ -1,5 +1,6 @@
 import MultiRedlockTesting
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import MultiRedlock
@@ -524,18 +525,4 @@ private final class ExpiringBeforeWriteBack: RedlockNode {
     func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void) { inner.observeConnection(handler) }
 
     func close() async { await inner.close() }
-}
-
-/// Polls `condition` every 5 ms for up to 10 s (a bound for a loaded machine, not a measurement).
-private func waitUntil(
-    _ condition: @Sendable () -> Bool, sourceLocation: SourceLocation = #_sourceLocation
-) async throws {
-    let deadline = ContinuousClock.now + .seconds(10)
-    while !condition() {
-        guard ContinuousClock.now < deadline else {
-            Issue.record("condition not met within 10 s", sourceLocation: sourceLocation)
-            return
-        }
-        try await Task.sleep(for: .milliseconds(5))
-    }
 }

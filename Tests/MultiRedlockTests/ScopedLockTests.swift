@@ -1,6 +1,7 @@
 import LocalRedis
 import MultiRedlock
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -97,7 +98,7 @@ struct ScopedLockTests {
         // answers (at most the node timeout, 500 ms) and is released. The margin is for sanitizers.
         #expect(stopped < .seconds(2), "\(stopped)")
         // Nothing of ours is left on the free node (released after the cancelled attempt).
-        try await eventually { try await group[2].cli("EXISTS", resource) == "0" }
+        try await waitUntil { try await group[2].cli("EXISTS", resource) == "0" }
         for server in group.servers.prefix(2) {
             #expect(try await server.cli("GET", resource) == "someone-else")
         }
@@ -191,7 +192,7 @@ struct ScopedLockTests {
                 }
             }
         }
-        try await eventually { bodyRunning.load(ordering: .sequentiallyConsistent) }
+        try await waitUntil { bodyRunning.load(ordering: .sequentiallyConsistent) }
         let values = try await group.servers.asyncMap { try await $0.cli("GET", resource) }
         #expect(
             values.allSatisfy { !$0.isEmpty } && Set(values).count == 1, "held on every server: \(values)")
@@ -203,7 +204,7 @@ struct ScopedLockTests {
         let wasCancelled = bodyCancelled.load(ordering: .sequentiallyConsistent)
         #expect(wasCancelled)
         // Deleted by the release, well within the 30 s ttl, and not expired.
-        try await eventually(timeout: .seconds(3)) {
+        try await waitUntil(timeout: .seconds(3)) {
             try await group.servers.asyncAllSatisfy { try await $0.cli("EXISTS", resource) == "0" }
         }
         for server in group.servers {
@@ -235,7 +236,7 @@ struct ScopedLockTests {
         }
         #expect(error.kind == .lost, "\(error)")
         // The third server's key (ours) is released, not left for its ttl.
-        try await eventually(timeout: .seconds(3)) { try await group[2].cli("EXISTS", resource) == "0" }
+        try await waitUntil(timeout: .seconds(3)) { try await group[2].cli("EXISTS", resource) == "0" }
         #expect(try await group[2].cli("INFO", "stats").contains("expired_keys:0"))
         await redlock.close()
     }

@@ -1,6 +1,7 @@
 import LocalRedis
 import MultiRedlock
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import MultiRedlock
@@ -14,7 +15,7 @@ struct ScriptOrderTests {
         let node = try RedisNode(
             server: RedisServer(
                 host: "127.0.0.1", port: server.port, password: RedisServerConfiguration.defaultPassword))
-        try await eventually { node.isConnected }
+        try await waitUntil { node.isConnected }
         return node
     }
 

@@ -5,6 +5,7 @@ import MultiRedlock
 import MultiRedlockTesting
 import ServiceLifecycle
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -84,15 +85,13 @@ struct ServiceLifecycleTests {
     /// redis-servers; SIGTERM shuts its ServiceGroup down, the application releases the lock, and the
     /// process exits once the release has reached the servers.
     @Test func sigtermShutsTheGroupDownAfterTheRelease() async throws {
-        let executable = try #require(
-            Self.examplePath, "multiredlock-service-example was not found next to the test binary")
+        let executable = try BuiltExecutable.require("multiredlock-service-example")
         let group = try await RedisServerGroup.start(count: 3)
         defer { group.stopInBackground() }
         let resource = RedlockIntegrationTests.uniqueResource()
-        let child = try FaultChild(
+        let child = try Subprocess(
             executable, [group.ports.map(String.init).joined(separator: ","), resource],
-            environment: ProcessInfo.processInfo.environment.merging(
-                ["REDLOCK_PASSWORD": RedisServerConfiguration.defaultPassword]) { $1 })
+            environment: childEnvironment(["REDLOCK_PASSWORD": RedisServerConfiguration.defaultPassword]))
         // Wait for "locked VALUE".
         var value: String?
         let deadline = ContinuousClock.now + .seconds(30)
@@ -105,17 +104,17 @@ struct ServiceLifecycleTests {
             }
         }
         guard let held = value else {
-            let result = try await child.wait(timeout: .seconds(5))
+            let result = await child.outcome(timeout: .seconds(5))
             Issue.record("the child did not lock: \(result)")
             return
         }
         // The lock really is on every server before the signal (`lock` returns once a quorum granted;
         // the last SET may land a moment later).
-        try await eventually {
+        try await waitUntil {
             try await group.servers.asyncMap { try await $0.cli("GET", resource) }.allSatisfy { $0 == held }
         }
         #expect(kill(child.pid, SIGTERM) == 0)
-        let result = try await child.wait(timeout: .seconds(20))
+        let result = await child.outcome(timeout: .seconds(20))
         #expect(result.status == 0 && !result.signaled, "\(result)")
         #expect(result.stdout.contains("stopped"), "\(result)")
         for server in group.servers {
@@ -129,15 +128,4 @@ struct ServiceLifecycleTests {
         func set() { value.store(true, ordering: .releasing) }
     }
 
-    /// The example executable, next to the test bundle (the same build folder).
-    static let examplePath: String? = {
-        let directory = (CommandLine.arguments[0] as NSString).deletingLastPathComponent
-        let candidates = [
-            directory + "/multiredlock-service-example",
-            ((((directory as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
-                as NSString).deletingLastPathComponent as NSString).appendingPathComponent(
-                    "multiredlock-service-example"),
-        ]
-        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }()
 }

@@ -2,6 +2,7 @@ import Foundation
 import LocalRedis
 import MultiRedlock
 import MultiRedlockTesting
+import TestSupport
 import Testing
 
 /// Scenario 12 for as long as asked: `make soak DURATION=seconds` (or MULTIREDLOCK_SOAK_SECONDS=N
@@ -33,7 +34,7 @@ struct SoakTests {
         let outcome = try await CounterContention.run(group, configuration)
         // Closes may lag a moment behind the last run.
         var socketsAfter = sockets
-        try await Fault.waitUntil(timeout: .seconds(5), "sockets to the servers back to \(sockets)") {
+        try await waitUntil(timeout: .seconds(5), "sockets to the servers back to \(sockets)") {
             socketsAfter = group.ports.map { socketsConnected(toPort: $0) }
             return socketsAfter == sockets
         }

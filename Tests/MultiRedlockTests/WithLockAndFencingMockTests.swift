@@ -2,6 +2,7 @@ import Dispatch
 import MultiRedlock
 import MultiRedlockTesting
 import Synchronization
+import TestSupport
 import Testing
 
 // withLock and the fencing write-back over in-memory nodes (no Redis): the algorithm's side of
@@ -21,16 +22,6 @@ private func options(
         retryWait: .milliseconds(2), nodeTimeout: nodeTimeout)
     options.fencingTokens = fencing
     return options
-}
-
-/// Polls `condition` every 5 ms for up to `timeout`; whether it held.
-private func within(_ timeout: Duration, _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return condition()
 }
 
 @Suite("withLock over mock nodes")
@@ -111,7 +102,8 @@ struct WithLockMockTests {
                 }
             }
         }
-        #expect(await within(.seconds(5)) { bodyRunning.load(ordering: .sequentiallyConsistent) })
+        #expect(
+            await eventually(timeout: .seconds(5)) { bodyRunning.load(ordering: .sequentiallyConsistent) })
         let value = try #require(nodes[0].value(of: "r"))
         let cancelled = ContinuousClock.now
         task.cancel()
@@ -122,7 +114,7 @@ struct WithLockMockTests {
         #expect(wasCancelled)
         // Released (not left to expire in 30 s) on every node.
         #expect(
-            await within(.seconds(2)) { nodes.allSatisfy { $0.value(of: "r") == nil } },
+            await eventually(timeout: .seconds(2)) { nodes.allSatisfy { $0.value(of: "r") == nil } },
             "\(nodes.map(\.calls))")
         for node in nodes { #expect(node.calls.contains(.release(key: "r", value: value)), "\(node.name)") }
     }
@@ -179,7 +171,7 @@ struct WithLockMockTests {
         #expect(error.kind == .lost, "\(error)")
         #expect(error.nodes.contains { $0.outcome == .refused }, "\(error)")
         // And nothing of ours is left on the node that still had it.
-        #expect(await within(.seconds(2)) { nodes.allSatisfy { $0.value(of: "r") == nil } })
+        #expect(await eventually(timeout: .seconds(2)) { nodes.allSatisfy { $0.value(of: "r") == nil } })
     }
 }
 
@@ -269,7 +261,7 @@ struct FencingWriteBackMockTests {
             }, "\(error)")
         // The fenced SETs went through on every node; the failed attempt's keys are released everywhere.
         #expect(nodes.allSatisfy { $0.node.calls.contains { $0.isAcquire && $0.key == "r" } })
-        #expect(await within(.seconds(2)) { nodes.allSatisfy { $0.node.value(of: "r") == nil } })
+        #expect(await eventually(timeout: .seconds(2)) { nodes.allSatisfy { $0.node.value(of: "r") == nil } })
         // The one node that stored the refused token keeps it; the others still say 1.
         #expect(nodes.map { $0.node.value(of: counterKey) } == ["1", "1", "2"])
 

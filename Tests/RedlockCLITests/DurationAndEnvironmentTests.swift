@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LocalRedis
+import TestSupport
 import Testing
 
 @testable import redlock

@@ -1,4 +1,5 @@
 import LocalRedis
+import TestSupport
 import Testing
 
 /// `--retries` at and past the library's limit (RedlockOptions.maximumRetries, 1,000,000), against

@@ -1,5 +1,6 @@
 import Foundation
 import LocalRedis
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -192,7 +193,7 @@ struct RedlockCLITests {
             let shell = try Subprocess(
                 "/bin/sh",
                 [
-                    "-c", "ulimit -n \(limit) && exec \"$0\" \"$@\"", try RedlockBinary.require(),
+                    "-c", "ulimit -n \(limit) && exec \"$0\" \"$@\"", try BuiltExecutable.require("redlock"),
                     "--servers", servers.list, "acquire", "fd-starved",
                 ], environment: redlockEnvironment())
             let status = await shell.wait(timeout: .seconds(30))
@@ -213,7 +214,7 @@ struct RedlockCLITests {
         // elsewhere, so attempt 1 is refused at once, and the servers are stopped during the wait
         // after it (its length is in the --verbose line). A run whose wait was too short to stop them
         // in time is tried again. Attempt 2 then meets hung servers on live connections.
-        var measured: (outcome: Outcome, attempt: Duration, exit: Duration, wait: Duration)?
+        var measured: (outcome: Subprocess.Outcome, attempt: Duration, exit: Duration, wait: Duration)?
         for run in 0..<5 where measured == nil {
             let resource = "down-\(run)"
             for index in 0..<3 {
@@ -241,8 +242,9 @@ struct RedlockCLITests {
             #expect(decided, "\(process.stderr)")
             let status = await process.wait(timeout: .seconds(30))
             let exit = pausedAt.duration(to: .now) - attempt
-            let outcome = Outcome(
-                status: status, stdout: process.stdout, stderr: process.stderr, elapsed: attempt + exit)
+            let outcome = Subprocess.Outcome(
+                status: status, signaled: process.wasSignaled, stdout: process.stdout, stderr: process.stderr,
+                elapsed: attempt + exit)
             measured = (outcome, attempt, exit, wait)
         }
         let (outcome, attempt, exit, wait) = try #require(measured, "the servers were never stopped in time")
@@ -284,13 +286,12 @@ struct RedlockCLITests {
             else { return nil }
             return Int(line[range.upperBound...].prefix { $0.isNumber }).map { .milliseconds($0) }
         }
-        let deadline = ContinuousClock.now + .seconds(20)
-        while ContinuousClock.now < deadline {
-            if let wait = parse() { return wait }
-            if process.hasExited { return parse() }
-            try? await Task.sleep(for: .milliseconds(5))
+        var wait: Duration?
+        _ = await eventually(timeout: .seconds(20), every: .milliseconds(5)) {
+            wait = parse()
+            return wait != nil || process.hasExited
         }
-        return nil
+        return wait ?? parse()
     }
 
     @Test func oneServerDownStillLocks() async throws {

@@ -1,6 +1,7 @@
 import Foundation
 import LocalRedis
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import redlock
@@ -113,7 +114,7 @@ struct SecurityTests {
         let servers = try await Servers.start()
         defer { servers.stopInBackground() }
         let inner =
-            "'\(try RedlockBinary.require())' --servers \(servers.list) run tty -- sh -c 'read line; echo got:$line';"
+            "'\(try BuiltExecutable.require("redlock"))' --servers \(servers.list) run tty -- sh -c 'read line; echo got:$line';"
             + " echo status:$?"
         // timeout(1) ends script(1), and with its terminal everything in it, should COMMAND hang.
         let process = try Subprocess(
@@ -178,7 +179,7 @@ struct SecurityTests {
 
     /// `redlock-bench` reports a bad address masked.
     @Test func theBenchmarkMasksABadAddress() async throws {
-        let bench = try #require(benchBinary(), "redlock-bench was not built next to redlock")
+        let bench = try BuiltExecutable.require("redlock-bench")
         let password = "bench-secret-\(UInt32.random(in: 1000...9999))"
         let process = try Subprocess(
             bench, ["--servers", "redis://:\(password)@127.0.0.1:70000"], environment: redlockEnvironment())
@@ -192,7 +193,7 @@ struct SecurityTests {
     /// `redlock-bench` writes its intervals file readable by this user only: in `--out-dir`, or by
     /// default in a directory of its own with mode 0700, never straight into the shared /tmp.
     @Test func theBenchmarksIntervalsFileIsPrivate() async throws {
-        let bench = try #require(benchBinary(), "redlock-bench was not built next to redlock")
+        let bench = try BuiltExecutable.require("redlock-bench")
         let servers = try await Servers.start()
         defer { servers.stopInBackground() }
         let scratch = try ScratchDirectory()
@@ -303,13 +304,6 @@ struct SecurityTests {
 }
 
 // MARK: - Helpers
-
-/// `redlock-bench`, built beside `redlock`.
-func benchBinary() -> String? {
-    guard let redlock = RedlockBinary.path else { return nil }
-    let path = (redlock as NSString).deletingLastPathComponent + "/redlock-bench"
-    return FileManager.default.isExecutableFile(atPath: path) ? path : nil
-}
 
 /// The permission bits of `path` (not following a link), or nil.
 func permissions(of path: String) -> mode_t? {

@@ -3,6 +3,7 @@ import Foundation
 import Hiredis
 import LocalRedis
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -55,35 +56,7 @@ final class RefusingPort: Sendable {
     }
 }
 
-// MARK: - Child processes
-
-/// Starts `path` with posix_spawn and no file actions, so that the child inherits every descriptor
-/// of this process that is not close-on-exec. Returns its pid; the caller kills and reaps it.
-func spawnInheritingEverything(_ path: String, _ arguments: String...) throws -> pid_t {
-    let argv = ([path] + arguments).map { strdup($0) } + [nil]
-    defer { for pointer in argv { free(pointer) } }
-    var pid: pid_t = 0
-    let status = posix_spawn(&pid, path, nil, nil, argv, environ)
-    try #require(status == 0, "posix_spawn \(path): \(status)")
-    return pid
-}
-
 // MARK: - Waiting
-
-/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
-func eventually(
-    within timeout: Duration = .seconds(5),
-    every interval: Duration = .milliseconds(10),
-    _ condition: () async -> Bool
-) async -> Bool {
-    let clock = ContinuousClock()
-    let deadline = clock.now + timeout
-    while true {
-        if await condition() { return true }
-        if clock.now >= deadline { return false }
-        try? await Task.sleep(for: interval)
-    }
-}
 
 /// Hands one value to one waiter, whichever comes first: the value or the waiter's deadline.
 private final class OneShot<Value: Sendable>: Sendable {
@@ -175,7 +148,7 @@ extension RedisConnection {
         async
         -> Bool
     {
-        await eventually(within: limit, every: interval) {
+        await eventually(timeout: limit, every: interval) {
             await result(of: ["PING"], timeout: .milliseconds(500), within: .seconds(3))
                 == .success(.status("PONG"))
         }
@@ -234,7 +207,7 @@ final class StateLog: Sendable {
         within limit: Duration = .seconds(5),
         _ condition: @escaping ([RedisConnectionState]) -> Bool
     ) async -> Bool {
-        await eventually(within: limit, every: .milliseconds(5)) { condition(all) }
+        await eventually(timeout: limit, every: .milliseconds(5)) { condition(all) }
     }
 }
 
@@ -297,7 +270,7 @@ final class Collector<Value: Sendable>: Sendable {
 
     /// Waits until `expected` distinct results arrived, for up to `limit`; returns whether they did.
     func waitFor(_ expected: Int, within limit: Duration = .seconds(10)) async -> Bool {
-        await eventually(within: limit, every: .milliseconds(5)) { count >= expected }
+        await eventually(timeout: limit, every: .milliseconds(5)) { count >= expected }
     }
 }
 

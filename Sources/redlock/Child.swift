@@ -1,6 +1,6 @@
 // COMMAND of `redlock run`: spawned with posix_spawnp, inheriting standard input, output and error.
 import Foundation
-import Synchronization
+import MultiRedlock
 
 #if canImport(Glibc)
     import Glibc
@@ -37,7 +37,7 @@ struct SpawnFailure: Error {
 /// every process of the group; the foreground comes back to `redlock` when COMMAND exits.
 final class Child: Sendable {
     let pid: pid_t
-    private let exited = Mutex(false)
+    private let exited = Locked(false)
     /// COMMAND's group has the terminal's foreground.
     private let holdsTerminal: Bool
 

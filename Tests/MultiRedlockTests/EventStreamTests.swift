@@ -13,7 +13,7 @@ struct EventStreamTests {
         let task: Task<Void, Never>
 
         final class Box: Sendable {
-            let received = Mutex<[RedlockEvent]>([])
+            let received = Locked<[RedlockEvent]>([])
             let finished = Atomic<Bool>(false)
         }
 

@@ -31,7 +31,7 @@ struct ScriptOrderTests {
 
     /// Node results in the order they arrived.
     final class Answers: Sendable {
-        private let answers = Mutex<[(String, NodeResult)]>([])
+        private let answers = Locked<[(String, NodeResult)]>([])
         func record(_ name: String, _ result: NodeResult) { answers.withLock { $0.append((name, result)) } }
         var all: [(String, NodeResult)] { answers.withLock { $0 } }
     }
@@ -43,7 +43,7 @@ struct ScriptOrderTests {
     ) async -> [(String, NodeResult)] {
         let answers = Answers()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let remaining = Mutex(2)
+            let remaining = Locked(2)
             let done: @Sendable (String, NodeResult) -> Void = { name, result in
                 answers.record(name, result)
                 if remaining.withLock({
@@ -120,7 +120,7 @@ struct ScriptOrderTests {
         let node = try await Self.connectedNode(server)
         _ = try await server.cli("SET", "slow", "v")
         try await Self.flushScripts(server, loading: Scripts.extend, missing: Scripts.release)
-        let sleeps = Mutex<[Result<RedisReply, RedisConnectionError>]>([])
+        let sleeps = Locked<[Result<RedisReply, RedisConnectionError>]>([])
         let connection = node.connection
         let start = ContinuousClock.now
         let answer: NodeResult = await withCheckedContinuation { continuation in

@@ -30,7 +30,7 @@ struct WithLockMockTests {
     func renewsAndReleases() async throws {
         let nodes = realTimeNodes(3)
         let redlock = try Redlock(nodes: nodes, options: options())
-        let seen = Mutex<[String]>([])
+        let seen = Locked<[String]>([])
         // A ttl of 6 s: under `make test` other suites can keep the cooperative pool busy for seconds
         // (a 3 s ttl's renewal came too late under CI-like load), and a renewal that comes too late
         // fails the test for the wrong reason.

@@ -47,7 +47,7 @@ struct ServiceLifecycleTests {
             services: [redlock, holder], gracefulShutdownSignals: [], cancellationSignals: [],
             logger: Logger(label: "test"))
         let running = Task { try await group.run() }
-        while !started.isSet { try await Task.sleep(for: .milliseconds(2)) }
+        try #require(await eventually(every: .milliseconds(2)) { started.isSet }, "the holder never started")
         await group.triggerGracefulShutdown()
         try await running.value
         // The group returned, so the Redlock's run() did: the release reached every node first.
@@ -94,14 +94,10 @@ struct ServiceLifecycleTests {
             environment: childEnvironment(["REDLOCK_PASSWORD": RedisServerConfiguration.defaultPassword]))
         // Wait for "locked VALUE".
         var value: String?
-        let deadline = ContinuousClock.now + .seconds(30)
-        while value == nil && ContinuousClock.now < deadline && child.isRunning {
-            let output = (try? String(contentsOfFile: child.stdoutPath, encoding: .utf8)) ?? ""
-            if let line = output.split(separator: "\n").first(where: { $0.hasPrefix("locked ") }) {
-                value = String(line.dropFirst("locked ".count))
-            } else {
-                try await Task.sleep(for: .milliseconds(10))
-            }
+        _ = await eventually(timeout: .seconds(30)) {
+            value = child.stdout.split(separator: "\n").first { $0.hasPrefix("locked ") }
+                .map { String($0.dropFirst("locked ".count)) }
+            return value != nil || child.hasExited
         }
         guard let held = value else {
             let result = await child.outcome(timeout: .seconds(5))

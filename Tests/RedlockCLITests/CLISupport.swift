@@ -12,13 +12,6 @@ import Testing
 // Helpers for the RedlockCLITests suite: servers started with LocalRedis and what the `redlock`
 // processes (TestSupport's `startRedlock`, `redlock`) do to them and to their own children.
 
-/// A failed system call or file read, with what failed.
-struct POSIXFailure: Error, CustomStringConvertible {
-    var what: String
-    var code: Int32
-    var description: String { "\(what): \(String(cString: strerror(code)))" }
-}
-
 // MARK: - Servers
 
 /// Three (or `count`) local redis-servers for one test.

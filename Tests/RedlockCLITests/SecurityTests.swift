@@ -64,7 +64,7 @@ struct SecurityTests {
             ["--servers", servers.list, "--ttl", "1000", "run", "group", "--", "sh", "-c", sleeperScript],
             environment: ["PID_FILE": pidFile])
         #expect(await process.waitForOutput("ready\n"), "\(process.stderr)")
-        let sleeper = try readPID(pidFile)
+        let sleeper = try await readPID(pidFile)
         defer { if isAlive(sleeper) { kill(sleeper, SIGKILL) } }
         #expect(isAlive(sleeper), "the sleeper (pid \(sleeper)) runs while the lock is held")
 
@@ -93,7 +93,7 @@ struct SecurityTests {
             ["--servers", servers.list, "run", "group", "--", "sh", "-c", sleeperScript],
             environment: ["PID_FILE": pidFile])
         #expect(await process.waitForOutput("ready\n"), "\(process.stderr)")
-        let sleeper = try readPID(pidFile)
+        let sleeper = try await readPID(pidFile)
         defer { if isAlive(sleeper) { kill(sleeper, SIGKILL) } }
         #expect(isAlive(sleeper))
 
@@ -312,17 +312,14 @@ func permissions(of path: String) -> mode_t? {
 }
 
 /// The pid a script wrote to `path`, waiting up to 5 s for it.
-func readPID(_ path: String) throws -> pid_t {
-    let deadline = ContinuousClock.now + .seconds(5)
-    while ContinuousClock.now < deadline {
-        if let text = try? String(contentsOfFile: path, encoding: .utf8),
-            let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines))
-        {
-            return pid
-        }
-        usleep(20_000)
+func readPID(_ path: String) async throws -> pid_t {
+    var pid: pid_t?
+    _ = await eventually(timeout: .seconds(5), every: .milliseconds(20)) {
+        pid = (try? String(contentsOfFile: path, encoding: .utf8))
+            .flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        return pid != nil
     }
-    throw POSIXFailure(what: "no pid in \(path)", code: ENOENT)
+    return try #require(pid, "no pid in \(path)")
 }
 
 /// Whether `pid` is a live process (not a zombie that nobody reaped yet).

@@ -132,13 +132,13 @@ import Testing
     }
 
     @Test func theFallbackTimesOutAtTheFirstDeadline() async {
-        connection.script(.reply(.error("NOSCRIPT No matching script."), after: .milliseconds(200)), .hang)
+        connection.script(.reply(.error("NOSCRIPT No matching script."), after: .milliseconds(300)), .hang)
         let start = ContinuousClock.now
         let result = await release(timeout: .milliseconds(400))
         let elapsed = ContinuousClock.now - start
         #expect(kind(result) == .timeout)
         #expect(connection.sent.count == 2)
-        #expect(elapsed < .milliseconds(600), "the fallback got a deadline of its own: \(elapsed)")
+        #expect(elapsed < .milliseconds(550), "the fallback got a deadline of its own: \(elapsed)")
     }
 
     @Test func anErrorFromTheFallbackIsTheAnswer() async {

@@ -55,7 +55,7 @@ public final class RedisNode: RedlockNode {
     /// The server's `run_id` as of the last handshake.
     public var serverID: String? { connection.serverRunID }
 
-    /// `handshake done (run_id …)` after a connect; after a disconnect, the connection error's kind
+    /// `connected (handshake done)` after a connect; after a disconnect, the connection error's kind
     /// and message (which never carry the password).
     public var connectionDetail: String? { observed.detail }
 

@@ -165,31 +165,27 @@ public final class ScriptedConnection: RedisCommandChannel {
         let timeout = timeout ?? RedisConnectionOptions().commandTimeout
         enum Admission {
             case refused(RedisConnectionError.Kind, String)
-            case taken(UInt64, Step)
+            case taken(UInt64, Step?, (@Sendable (RedisCommand) -> Step)?)
         }
         let admission = state.withLock { state -> Admission in
             if state.closed { return .refused(.closed, "the connection was closed") }
             guard state.connected else { return .refused(.notConnected, "not connected; not sent") }
             state.sent.append(Sent(command: command, timeout: timeout))
-            let step: Step =
-                if !state.steps.isEmpty {
-                    state.steps.removeFirst()
-                } else if let responder = state.responder {
-                    responder(command)
-                } else {
-                    .reply(.error("ERR ScriptedConnection: no step scripted for \(command)"))
-                }
             let id = state.nextID
             state.nextID += 1
             state.pending[id] = completion
-            return .taken(id, step)
+            return .taken(id, state.steps.isEmpty ? nil : state.steps.removeFirst(), state.responder)
         }
         switch admission {
         case .refused(let kind, let message):
             let error = RedisConnectionError(
                 kind, server: server.description, message: message, outcomeUnknown: false)
             queue.async { completion(.failure(error)) }
-        case .taken(let id, let step):
+        case .taken(let id, let scripted, let responder):
+            // The responder runs outside the lock: it may look at the connection.
+            let step =
+                scripted ?? responder?(command)
+                ?? .reply(.error("ERR ScriptedConnection: no step scripted for \(command)"))
             after(timeout) { [self] in
                 finish(
                     id,

@@ -141,6 +141,24 @@ import Testing
         #expect(elapsed < .milliseconds(550), "the fallback got a deadline of its own: \(elapsed)")
     }
 
+    /// A server whose script cache is empty: each compare-and-* operation in flight falls back once.
+    @Test func operationsInFlightEachFallBackOnce() async {
+        connection.respond { command in
+            ScriptedConnection.name(of: command) == "EVALSHA"
+                ? .reply(.error("NOSCRIPT No matching script."), after: .milliseconds(20))
+                : .reply(.integer(1))
+        }
+        async let released = release()
+        async let extended = answer {
+            node.extend(key: "k", value: "v", ttl: .seconds(2), timeout: .seconds(1), completion: $0)
+        }
+        #expect(await (released, extended) == (.succeeded, .succeeded))
+        let names = connection.sent.map { ScriptedConnection.name(of: $0.command) }
+        #expect(
+            names.filter { $0 == "EVALSHA" }.count == 2 && names.filter { $0 == "EVAL" }.count == 2,
+            "\(names)")
+    }
+
     @Test func anErrorFromTheFallbackIsTheAnswer() async {
         connection.script(
             .reply(.error("NOSCRIPT No matching script.")), .reply(.error("BUSY Redis is busy")))

@@ -1,7 +1,8 @@
 import Dispatch
 import Synchronization
 
-/// A Redis master reached through a ``RedisConnection``: the real ``RedlockNode``.
+/// A Redis master reached through a ``RedisConnection`` (or any ``RedisCommandChannel``): the real
+/// ``RedlockNode``.
 ///
 /// The acquire scripts are sent as EVAL; the compare-and-* scripts as EVALSHA, sent once more as
 /// EVAL when the server answers NOSCRIPT (a restart or `SCRIPT FLUSH` emptied its cache), within
@@ -13,8 +14,9 @@ import Synchronization
 public final class RedisNode: RedlockNode {
     /// The server's address.
     public let server: RedisServer
-    /// The connection, for commands of the caller's own (diagnostics, tests).
-    public let connection: RedisConnection
+    /// The connection (a ``RedisConnection`` unless the node was made with
+    /// ``init(connection:)``), for commands of the caller's own (diagnostics, tests).
+    public let connection: any RedisCommandChannel
     private let observed: HandlerSlot
 
     /// Connects to `server` (without waiting for it).
@@ -24,15 +26,26 @@ public final class RedisNode: RedlockNode {
     ///   - queue: the serial queue the connection runs on (see ``RedisConnection``); `Redlock` gives
     ///     all its nodes one. The default is a queue of its own.
     /// - Throws: ``RedisConnectionError`` when the address is invalid.
-    public init(
+    public convenience init(
         server: RedisServer, options: RedisConnectionOptions = .init(), queue: DispatchQueue? = nil
     ) throws(RedisConnectionError) {
-        let slot = HandlerSlot()
-        self.server = server
-        observed = slot
-        connection = try RedisConnection(server: server, options: options, queue: queue) { state in
-            slot.call(state)
+        try self.init { onStateChange throws(RedisConnectionError) in
+            try RedisConnection(server: server, options: options, queue: queue, onStateChange: onStateChange)
         }
+    }
+
+    /// A node over a connection of the caller's making, such as MultiRedlockTesting's
+    /// `ScriptedConnection`: `connect` gets the handler the connection must report its state to
+    /// (connected, disconnected), and returns the connection. ``server`` is the connection's.
+    public init<Failure: Error>(
+        connection connect: (_ onStateChange: @escaping @Sendable (RedisConnectionState) -> Void)
+            throws(Failure)
+            -> any RedisCommandChannel
+    ) throws(Failure) {
+        let slot = HandlerSlot()
+        observed = slot
+        connection = try connect { slot.call($0) }
+        server = connection.server
     }
 
     public var name: String { server.description }
@@ -42,7 +55,7 @@ public final class RedisNode: RedlockNode {
     /// The server's `run_id` as of the last handshake.
     public var serverID: String? { connection.serverRunID }
 
-    /// `handshake done (run_id …)` after a connect; after a disconnect, the connection error's kind
+    /// `connected (handshake done)` after a connect; after a disconnect, the connection error's kind
     /// and message (which never carry the password).
     public var connectionDetail: String? { observed.detail }
 

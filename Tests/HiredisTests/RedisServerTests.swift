@@ -247,6 +247,20 @@ func maskingPasswords(input: String, masked: String) {
     #expect(RedisServer.maskingPasswords(in: input) == masked)
 }
 
+/// One masking rule: a word of free text that is one address is masked as the address alone is
+/// (the text masker finds its passwords with the address masker's ranges).
+@Test(arguments: [
+    "redis://u:secret@host:99999", "redis://secret@host", "redis://u:se@cret@host", "u:secret@host",
+    "redis://host?db=1&password=secret#frag", "unix:/tmp/a@b:c.sock", "unix:u:secret@/tmp/x",
+    "unix://u:secret@/tmp/r.sock", "redis://:pa,ss@h",
+])
+func maskingTextAgreesWithMaskingOneAddress(input: String) {
+    #expect(RedisServer.maskingPasswords(inText: input) == RedisServer.maskingPasswords(in: input))
+    #expect(
+        RedisServer.maskingPasswords(inText: "at \(input) now")
+            == "at \(RedisServer.maskingPasswords(in: input)) now")
+}
+
 @Test(arguments: [
     "redis://alice:secret@host:6380/2",
     "redis://:secret@host",

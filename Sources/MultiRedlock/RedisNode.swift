@@ -10,7 +10,7 @@ import Synchronization
 /// Restarts: when a reconnect finds that the server's `run_id` changed, the server is a new process
 /// that may have lost the locks it held (no persistence); ``timeSinceRestart`` says since when, and
 /// ``Redlock`` does not count its grants for a while (``RedlockOptions/restartQuarantine``).
-public final class RedisNode: RedlockNode {
+public final class RedisNode: FencingRedlockNode {
     /// The server's address.
     public let server: RedisServer
     /// The connection, for commands of the caller's own (diagnostics, tests).

@@ -37,6 +37,8 @@ public final class Redlock: Sendable {
     public let quorum: Int
 
     private let names: [String]
+    /// The nodes as fencing nodes, nil for a node that cannot issue fencing tokens.
+    private let fencingNodes: [(any FencingRedlockNode)?]
     /// The one serial queue all the nodes' connections run on, when this Redlock made them: a
     /// fan-out then costs one hop to it, however many nodes there are.
     private let ioQueue: DispatchQueue?
@@ -158,6 +160,7 @@ public final class Redlock: Sendable {
         }
         self.nodes = nodes
         self.names = names
+        fencingNodes = nodes.map { $0 as? any FencingRedlockNode }
         self.ioQueue = ioQueue
         quorum = nodes.count / 2 + 1
         state = Locked(
@@ -474,6 +477,7 @@ public final class Redlock: Sendable {
                 done = answer
             }
             if let counters {
+                guard let node = fencingNodes[index] else { return done(.failed(Self.noFencing(node))) }
                 node.acquireFenced(
                     key: keys[0], counterKey: Lock.fencingKey(for: keys[0]), value: value, ttl: ttl,
                     timeout: timeout
@@ -491,7 +495,9 @@ public final class Redlock: Sendable {
             // Take max + 1 over the granting majority, and write it back to a majority before the lock
             // is returned: majorities intersect, so the next grant reads at least this token.
             let token = counters.max(over: tally.grantedIndices) + 1
-            let writeBack = await fanOut(.extend, options: options, cancellable: true) { _, node, done in
+            let writeBack = await fanOut(.extend, options: options, cancellable: true) {
+                [fencingNodes] index, node, done in
+                guard let node = fencingNodes[index] else { return done(.failed(Self.noFencing(node))) }
                 node.raiseFence(
                     key: keys[0], counterKey: Lock.fencingKey(for: keys[0]), value: value, token: token,
                     timeout: timeout, completion: done)
@@ -521,6 +527,11 @@ public final class Redlock: Sendable {
             decided, resource: resource, attempts: attempt, elapsed: now - start,
             operation: fencingToken != nil && decided.decision != .succeeded ? .fence : .acquire)
         return (.failure(error), outcomes)
+    }
+
+    /// How a node that is not a ``FencingRedlockNode`` answers a fenced acquire or write-back.
+    private static func noFencing(_ node: any RedlockNode) -> NodeFailure {
+        NodeFailure(.errorReply, "node \(node.name) does not support fencing tokens")
     }
 
     /// The operations whose failures ``failure(_:resource:attempts:elapsed:operation:)`` words.

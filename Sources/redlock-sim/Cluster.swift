@@ -114,7 +114,7 @@ final class Server: Sendable {
 /// One client's connection to a ``Server``: a `RedlockNode` of its own (a `Redlock` owns its nodes'
 /// observer and closes them), passing commands to the shared mock node, applying the faults the
 /// mock lacks, and logging every call with its answer.
-final class Connection: RedlockNode {
+final class Connection: FencingRedlockNode {
     let server: Server
     let client: Int
     let name: String
@@ -195,31 +195,6 @@ final class Connection: RedlockNode {
             return
         }
         send(answer)
-    }
-
-    func acquire(
-        key: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        forward(
-            "SET \(key) NX PX \(Int(Recorder.ms(ttl)))", value: value, isRelease: false, timeout: timeout,
-            completion: { result, _ in completion(result) },
-            send: { answer in
-                server.node.acquire(key: key, value: value, ttl: ttl, timeout: timeout) { answer($0, 0) }
-            })
-    }
-
-    func extend(
-        key: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        extend(keys: [key], value: value, ttl: ttl, timeout: timeout, completion: completion)
-    }
-
-    func release(
-        key: String, value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        release(keys: [key], value: value, timeout: timeout, completion: completion)
     }
 
     func acquire(

@@ -64,29 +64,29 @@ private final class FlakyNode: RedlockNode {
     }
 
     func acquire(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
         if flaked(completion) { return }
-        inner.acquire(key: key, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
+        inner.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
     }
 
     func extend(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
         if flaked(completion) { return }
-        inner.extend(key: key, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
+        inner.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
     }
 
     func release(
-        key: String, value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
+        keys: [String], value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
     ) {
         if flaked(completion) { return }
         guard losingReleaseReplies else {
-            return inner.release(key: key, value: value, timeout: timeout, completion: completion)
+            return inner.release(keys: keys, value: value, timeout: timeout, completion: completion)
         }
-        inner.release(key: key, value: value, timeout: timeout) { _ in
+        inner.release(keys: keys, value: value, timeout: timeout) { _ in
             completion(.failed(NodeFailure(.timeout, "the reply was lost")))
         }
     }
@@ -470,7 +470,7 @@ private func kind(of operation: () async throws -> some Any) async -> RedlockErr
 }
 
 /// A fencing node whose keys expire (on every node's clock) just before the first write-back.
-private final class ExpiringBeforeWriteBack: RedlockNode {
+private final class ExpiringBeforeWriteBack: FencingRedlockNode {
     let inner: MockRedlockNode
     let all: [MockRedlockNode]
 
@@ -483,23 +483,23 @@ private final class ExpiringBeforeWriteBack: RedlockNode {
     var isConnected: Bool { inner.isConnected }
 
     func acquire(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        inner.acquire(key: key, value: value, ttl: ttl, timeout: timeout, completion: completion)
+        inner.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion)
     }
 
     func extend(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        inner.extend(key: key, value: value, ttl: ttl, timeout: timeout, completion: completion)
+        inner.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion)
     }
 
     func release(
-        key: String, value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
+        keys: [String], value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        inner.release(key: key, value: value, timeout: timeout, completion: completion)
+        inner.release(keys: keys, value: value, timeout: timeout, completion: completion)
     }
 
     func acquireFenced(

@@ -272,20 +272,3 @@ extension NodeFailure {
         self.init(kind, "\(error.kind.rawValue): \(error.message)")
     }
 }
-
-extension Duration {
-    /// The duration in whole milliseconds (rounded down), clamped to `Int64`'s range.
-    var wholeMilliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1000)
-        if overflow { return seconds < 0 ? .min : .max }
-        let (sum, sumOverflow) = product.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
-        return sumOverflow ? .max : sum
-    }
-
-    /// The duration in milliseconds, with fractions.
-    var milliseconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
-    }
-}

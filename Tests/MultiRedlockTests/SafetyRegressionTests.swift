@@ -135,7 +135,7 @@ private func kind(of operation: () async throws -> some Any) async -> RedlockErr
             FlakyNode(node, failing: index >= nodeCount - flapping ? 2 : 0)
         }
         var fast = options(retries: 1)
-        fast.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
+        fast.tuning.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
         let client = try Redlock(nodes: first, options: fast)
         let lock = try await client.lock("invoice-42", ttl: .seconds(10))
         #expect(lock.attempts == 2, "attempt 1 failed (the flapping nodes were unreachable)")
@@ -217,7 +217,7 @@ private func kind(of operation: () async throws -> some Any) async -> RedlockErr
     func releaseRetriesAreBounded() async throws {
         let nodes = makeNodes(3)
         var opts = options()
-        opts.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
+        opts.tuning.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
         // node1 and node2 flap for the first SET, and never deliver a release's reply.
         let redlock = try Redlock(
             nodes: [FlakyNode(nodes[0])]

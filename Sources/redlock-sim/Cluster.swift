@@ -1,7 +1,6 @@
 import Dispatch
 import MultiRedlock
 import MultiRedlockTesting
-import Synchronization
 
 /// One line of a run's history.
 struct Entry: Sendable {
@@ -37,7 +36,7 @@ final class Recorder: Sendable {
     let start = ContinuousClock.now
     /// The start on `CLOCK_MONOTONIC`, the clock `MutualExclusionChecker` measures holds on.
     let startMonotonic = MutualExclusionChecker.now()
-    private let entries = Mutex<[Entry]>([])
+    private let entries = Locked<[Entry]>([])
 
     var elapsedMs: Double { Self.ms(ContinuousClock.now - start) }
 
@@ -66,7 +65,7 @@ final class Server: Sendable {
     let node: MockRedlockNode
     let clock: MockClock
     let recorder: Recorder
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     struct State {
         var loseReplies = false
@@ -118,7 +117,7 @@ final class Connection: FencingRedlockNode {
     let server: Server
     let client: Int
     let name: String
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private typealias Answer = @Sendable (NodeResult, Int64) -> Void
 
@@ -276,9 +275,9 @@ func describe(_ result: NodeResult) -> String {
 /// its bound by no more than the stalls seen meanwhile is the scheduler's delay, not Redlock's.
 final class LagMonitor: Sendable {
     static let shared = LagMonitor()
-    private let stalls = Mutex<[(end: ContinuousClock.Instant, excess: Duration)]>([])
+    private let stalls = Locked<[(end: ContinuousClock.Instant, excess: Duration)]>([])
     /// The same, measured on Dispatch's global queue (where the mock nodes' timers run).
-    private let dispatchStalls = Mutex<[(end: ContinuousClock.Instant, excess: Duration)]>([])
+    private let dispatchStalls = Locked<[(end: ContinuousClock.Instant, excess: Duration)]>([])
 
     private func probeDispatch(_ before: ContinuousClock.Instant) {
         DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(2)) { [self] in

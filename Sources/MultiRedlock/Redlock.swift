@@ -3,7 +3,7 @@ import Logging
 import Metrics
 import Synchronization
 
-/// The events a ``Redlock`` reports, after the seed's `connect` and `disconnect`.
+/// The events a ``Redlock`` reports: a quorum of nodes connected, or no longer.
 public enum RedlockEvent: Sendable, Hashable {
     /// The connected nodes reached a quorum (N/2+1 of N): locks can be acquired.
     case connect
@@ -90,7 +90,7 @@ public final class Redlock: Sendable {
     /// Connects to the given Redis masters (without waiting for them).
     ///
     /// - Parameters:
-    ///   - servers: the independent masters; the seed's default is one server on localhost:6379.
+    ///   - servers: the independent masters. The default is one server on localhost:6379.
     ///   - options: identity, drift, retries, timeouts, logger.
     /// - Throws: ``RedlockError`` of kind ``RedlockError/Kind/invalidArgument`` for an empty or
     ///   duplicated server list, a malformed address, or invalid options.
@@ -164,8 +164,7 @@ public final class Redlock: Sendable {
     /// The options in force (``setRetry(_:retryWait:)`` changes two of them).
     public var options: RedlockOptions { state.withLock { $0.options } }
 
-    /// Sets how often `lock` retries and the longest random wait between attempts (seed:
-    /// `setRetry(retries, retryWait)`). `retries` 0 disables retrying.
+    /// Sets how often `lock` retries and the longest random wait between attempts. `retries` 0 disables retrying.
     /// - Throws: ``RedlockError/Kind/invalidArgument`` for a negative count or wait, more than
     ///   ``RedlockOptions/maximumRetries`` (1,000,000) retries, or a wait over 100 years.
     public func setRetry(_ retries: Int, retryWait: Duration) throws(RedlockError) {
@@ -179,7 +178,7 @@ public final class Redlock: Sendable {
         }
     }
 
-    /// Whether at least a quorum of nodes is connected (seed: `connected`).
+    /// Whether at least a quorum of nodes is connected.
     public var isConnected: Bool { state.withLock { $0.quorumUp } }
 
     /// Calls `handler` each time `event` happens, on one serial queue of this Redlock's, in order.
@@ -366,7 +365,7 @@ public final class Redlock: Sendable {
 
     // MARK: Lock
 
-    /// Acquires a lock on `resource` for `ttl`, retrying as configured (seed: `lock`).
+    /// Acquires a lock on `resource` for `ttl`, retrying as configured.
     ///
     /// - Parameters:
     ///   - resource: the resource's name, also the key on every node; any non-empty string.
@@ -417,7 +416,7 @@ public final class Redlock: Sendable {
 
     // MARK: Renew
 
-    /// Extends a lock this client holds to a new `ttl` (seed: `renew`).
+    /// Extends a lock this client holds to a new `ttl`.
     ///
     /// Runs a compare-and-pexpire on every node: a node extends the key only while it still holds
     /// `value`, so an expired or released lock is never re-created. Succeeds with a quorum and
@@ -439,7 +438,7 @@ public final class Redlock: Sendable {
 
     // MARK: Release
 
-    /// Releases a lock, best effort, and returns at once (seed: `unlock`).
+    /// Releases a lock, best effort, and returns at once.
     ///
     /// A compare-and-delete goes to every node; nodes that fail are retried in the background (as soon
     /// as they reconnect, else after a doubling delay) until the keys would have expired anyway: for
@@ -489,7 +488,7 @@ public final class Redlock: Sendable {
 
     // MARK: Close
 
-    /// Closes every node's connection (seed: `close`), after the attempts and releases under way (of
+    /// Closes every node's connection, after the attempts and releases under way (of
     /// failed attempts and of ``unlock(_:value:)``) have had up to three node timeouts and 50 ms to finish: a
     /// `lock` still in flight fails with ``RedlockError/Kind/closed`` and releases what it got. Locks
     /// returned before `close()` stay held until their ttl (as `redlock lock` needs): release them

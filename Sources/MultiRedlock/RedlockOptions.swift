@@ -6,11 +6,11 @@ import Tracing
 /// in its property's comment and set here, in one place.
 public struct RedlockOptions: Sendable {
     /// Identifies this client in lock values (`<id>_<ms since epoch>_<32 hex>`). The default is the
-    /// machine's host name, as in the seed.
+    /// machine's host name.
     public var id: String
 
     /// The fixed part of the clock-drift allowance subtracted from every validity. The default is
-    /// 100 ms (the seed's `drift`). Zero to 100 years.
+    /// 100 ms. Zero to 100 years.
     public var drift: Duration
 
     /// The part of the drift allowance proportional to the ttl. The default is 0.01, so a 10 s lock
@@ -18,12 +18,12 @@ public struct RedlockOptions: Sendable {
     public var driftFactor: Double
 
     /// How many times `lock` retries after a failed attempt; 0 means one attempt only. The default
-    /// is 3 (the seed's), so four attempts in all. At most ``maximumRetries`` (1,000,000); to keep
+    /// is 3, so four attempts in all. At most ``maximumRetries`` (1,000,000); to keep
     /// trying until some time has passed, use ``Redlock/lock(_:ttl:waitingUpTo:)``.
     public var retries: Int
 
     /// The longest wait between attempts; each wait is random in `0...retryWait` so that competing
-    /// clients do not retry in lock step. The default is 100 ms (the seed's). Zero to 100 years.
+    /// clients do not retry in lock step. The default is 100 ms. Zero to 100 years.
     public var retryWait: Duration
 
     /// How long one node may take to answer one command before it counts as failed (and its
@@ -61,8 +61,8 @@ public struct RedlockOptions: Sendable {
     /// ``RestartQuarantine/longestTTL``.
     public var restartQuarantine: RestartQuarantine
 
-    /// Logs each attempt at `debug` level when true; at `trace` level when false (the default), as the
-    /// seed's `debug` flag did. The library never changes the logger's level.
+    /// Logs each attempt at `debug` level when true; at `trace` level when false (the default). The
+    /// library never changes the logger's level. To act on each attempt, use ``onAttempt``.
     public var debug: Bool
 
     /// Where the library logs. The default is a logger labelled `multiredlock`.
@@ -87,7 +87,7 @@ public struct RedlockOptions: Sendable {
     /// defaults always; tests shorten or lengthen some of them.
     var tuning = Tuning()
 
-    /// Options with the seed's defaults; any can be given.
+    /// Options with the defaults stated on each property; any can be given.
     public init(
         id: String? = nil,
         drift: Duration = .milliseconds(100),

@@ -20,6 +20,16 @@ private final class AttemptRecorder: Sendable {
     func record(_ attempt: AcquireAttempt) { attempts.withLock { $0.append(attempt) } }
 }
 
+/// Whether `flag` becomes true within 10 s (a bound for a loaded machine, not a measurement): the
+/// waits below are given a minute, so a wait that is not woken up stays false here.
+private func becomesTrue(_ flag: borrowing Atomic<Bool>) async -> Bool {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while !flag.load(ordering: .sequentiallyConsistent) && ContinuousClock.now < deadline {
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return flag.load(ordering: .sequentiallyConsistent)
+}
+
 @Suite("waitUntilConnected and onAttempt")
 struct ConnectAndAttemptTests {
     @Test("waitUntilConnected returns once a quorum connects, not before")
@@ -28,17 +38,16 @@ struct ConnectAndAttemptTests {
         let redlock = try Redlock(nodes: nodes, options: RedlockOptions(id: "t"))
         let returned = Atomic<Bool>(false)
         let waiter = Task {
-            try await redlock.waitUntilConnected(timeout: .seconds(3600))
-            returned.store(true, ordering: .sequentiallyConsistent)
+            defer { returned.store(true, ordering: .sequentiallyConsistent) }
+            try await redlock.waitUntilConnected(timeout: .seconds(60))
         }
         nodes[0].setConnected(true)
         try await Task.sleep(for: .milliseconds(50))
         let returnedNow = returned.load(ordering: .sequentiallyConsistent)
         #expect(!returnedNow, "one node of three is no quorum")
         nodes[2].setConnected(true)
-        try await waiter.value  // would wait the hour without the wake-up on the transition
-        let returnedNow1 = returned.load(ordering: .sequentiallyConsistent)
-        #expect(returnedNow1)
+        #expect(await becomesTrue(returned), "woken by the node that made the quorum")
+        try await waiter.value
         #expect(redlock.isConnected)
         // Already connected: returns at once, even with no time to wait.
         try await redlock.waitUntilConnected(timeout: .zero)
@@ -51,9 +60,16 @@ struct ConnectAndAttemptTests {
         let redlock = try Redlock(nodes: nodes, options: RedlockOptions(id: "t"))
         nodes[0].setConnected(true)
         nodes[1].setConnected(true)
-        let waiter = Task { try await redlock.waitUntilConnected(timeout: .seconds(3600), all: true) }
+        let returned = Atomic<Bool>(false)
+        let waiter = Task {
+            defer { returned.store(true, ordering: .sequentiallyConsistent) }
+            try await redlock.waitUntilConnected(timeout: .seconds(60), all: true)
+        }
         try await Task.sleep(for: .milliseconds(50))
+        let early = returned.load(ordering: .sequentiallyConsistent)
+        #expect(!early, "a quorum is not every node")
         nodes[2].setConnected(true)
+        #expect(await becomesTrue(returned), "woken by the last node")
         try await waiter.value
         #expect(nodes.allSatisfy { $0.isConnected })
         nodes[2].setConnected(false)
@@ -78,7 +94,7 @@ struct ConnectAndAttemptTests {
             try await redlock.waitUntilConnected(timeout: .seconds(-1))
         } throws: { ($0 as? RedlockError)?.kind == .invalidArgument }
         // A waiter is released by close().
-        let waiter = Task { try await redlock.waitUntilConnected(timeout: .seconds(3600)) }
+        let waiter = Task { try await redlock.waitUntilConnected(timeout: .seconds(60)) }
         try await Task.sleep(for: .milliseconds(20))
         await redlock.close()
         await #expect { try await waiter.value } throws: { ($0 as? RedlockError)?.kind == .closed }
@@ -91,7 +107,7 @@ struct ConnectAndAttemptTests {
         let returned = Atomic<Bool>(false)
         let waiter = Task {
             defer { returned.store(true, ordering: .sequentiallyConsistent) }
-            try await redlock.waitUntilConnected(timeout: .seconds(3600))
+            try await redlock.waitUntilConnected(timeout: .seconds(60))
         }
         try await Task.sleep(for: .milliseconds(20))
         for node in nodes.prefix(2) {
@@ -103,6 +119,7 @@ struct ConnectAndAttemptTests {
         #expect(!returnedNow, "node2 has not failed since the call")
         nodes[2].setConnected(true)
         nodes[2].setConnected(false)
+        #expect(await becomesTrue(returned), "given up once every node failed, long before the minute")
         await #expect { try await waiter.value } throws: { error in
             guard let error = error as? RedlockError else { return false }
             return error.kind == .quorumUnavailable && error.message.contains("0 of 3 nodes connected")
@@ -113,9 +130,14 @@ struct ConnectAndAttemptTests {
     @Test("a cancelled wait ends at once with quorumUnavailable")
     func cancelled() async throws {
         let redlock = try Redlock(nodes: disconnectedNodes(3), options: RedlockOptions(id: "t"))
-        let waiter = Task { try await redlock.waitUntilConnected(timeout: .seconds(3600)) }
+        let returned = Atomic<Bool>(false)
+        let waiter = Task {
+            defer { returned.store(true, ordering: .sequentiallyConsistent) }
+            try await redlock.waitUntilConnected(timeout: .seconds(60))
+        }
         try await Task.sleep(for: .milliseconds(20))
         waiter.cancel()
+        #expect(await becomesTrue(returned), "ended by the cancellation")
         await #expect { try await waiter.value } throws: { error in
             guard let error = error as? RedlockError else { return false }
             return error.kind == .quorumUnavailable && error.message.contains("cancelled")

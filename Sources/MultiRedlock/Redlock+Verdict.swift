@@ -29,16 +29,16 @@ extension Redlock {
         now: ContinuousClock.Instant = .now,
         closed: Bool = false
     ) -> RedlockError? {
-        let evidence = { tally.evidence(names: self.names) }
         if operation == .release {
             if tally.succeeded > 0 { return nil }
             if tally.failed == 0 {
                 return RedlockError(
-                    .notHeld, resource: resource, attempts: attempts, nodes: evidence(),
+                    .notHeld, resource: resource, attempts: attempts, nodes: tally.evidence(names: names),
                     message: "no node held the lock (expired, released, or another owner's)")
             }
             return RedlockError(
-                .quorumUnavailable, resource: resource, attempts: attempts, nodes: evidence(),
+                .quorumUnavailable, resource: resource, attempts: attempts,
+                nodes: tally.evidence(names: names),
                 message:
                     "no node released the lock: \(tally.refused) did not hold it, \(tally.failed) failed")
         }
@@ -57,30 +57,31 @@ extension Redlock {
             }
         if tally.decision == .succeeded {
             return RedlockError(
-                .validityExpired, resource: resource, attempts: attempts, nodes: evidence(),
+                .validityExpired, resource: resource, attempts: attempts, nodes: tally.evidence(names: names),
                 message: "a quorum \(verb), but that took \(elapsed), leaving no validity")
         }
         if tally.refusedByQuorum {
             switch operation {
             case .acquire:
                 return RedlockError(
-                    .taken, resource: resource, attempts: attempts, nodes: evidence(),
+                    .taken, resource: resource, attempts: attempts, nodes: tally.evidence(names: names),
                     message:
                         "held by someone else: \(tally.refused) of \(nodes.count) nodes hold another value")
             case .fence:
                 return RedlockError(
-                    .validityExpired, resource: resource, attempts: attempts, nodes: evidence(),
+                    .validityExpired, resource: resource, attempts: attempts,
+                    nodes: tally.evidence(names: names),
                     message:
                         "the lock expired before its fencing token was written back: \(tally.refused) of "
                         + "\(nodes.count) nodes no longer hold it")
             case .renew, .release:
                 return RedlockError(
-                    .notHeld, resource: resource, attempts: attempts, nodes: evidence(),
+                    .notHeld, resource: resource, attempts: attempts, nodes: tally.evidence(names: names),
                     message: "the lock is not held (expired, released, or another owner's) on enough nodes")
             }
         }
         return RedlockError(
-            .quorumUnavailable, resource: resource, attempts: attempts, nodes: evidence(),
+            .quorumUnavailable, resource: resource, attempts: attempts, nodes: tally.evidence(names: names),
             message:
                 "not enough nodes answered: \(tally.succeeded) \(operation == .acquire ? "granted" : "succeeded"), "
                 + "\(tally.refused) refused, \(tally.failed) failed; \(quorum) of \(nodes.count) needed")

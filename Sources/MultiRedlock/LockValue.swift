@@ -1,4 +1,4 @@
-/// Lock values: `<id>_<ms since epoch>_<32 hex chars>`, the seed's shape with 128 random bits from
+/// Lock values: `<id>_<ms since epoch>_<32 hex chars>`, the npm package's shape with 128 random bits from
 /// the system's CSPRNG (`SystemRandomNumberGenerator`, getrandom(2) on Linux), so a value cannot
 /// be guessed and two grants never share one.
 enum LockValue {

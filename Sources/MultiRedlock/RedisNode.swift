@@ -11,7 +11,7 @@ import Synchronization
 /// Restarts: when a reconnect finds that the server's `run_id` changed, the server is a new process
 /// that may have lost the locks it held (no persistence); ``timeSinceRestart`` says since when, and
 /// ``Redlock`` does not count its grants for a while (``RedlockOptions/restartQuarantine``).
-public final class RedisNode: RedlockNode {
+public final class RedisNode: FencingRedlockNode {
     /// The server's address.
     public let server: RedisServer
     /// The connection (a ``RedisConnection`` unless the node was made with
@@ -283,22 +283,5 @@ extension NodeFailure {
             default: .unreachable
             }
         self.init(kind, "\(error.kind.rawValue): \(error.message)")
-    }
-}
-
-extension Duration {
-    /// The duration in whole milliseconds (rounded down), clamped to `Int64`'s range.
-    var wholeMilliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1000)
-        if overflow { return seconds < 0 ? .min : .max }
-        let (sum, sumOverflow) = product.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
-        return sumOverflow ? .max : sum
-    }
-
-    /// The duration in milliseconds, with fractions.
-    var milliseconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
     }
 }

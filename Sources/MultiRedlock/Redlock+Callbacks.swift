@@ -1,5 +1,5 @@
-/// Completion-handler forms of the lock calls, for callers that are not async (the seed's
-/// `lock(resource, ttl, cb)` and `renew(resource, value, ttl, cb)`).
+/// Completion-handler forms of the lock calls, for callers that are not async (see the Coming from
+/// npm article).
 extension Redlock {
     /// Acquires a lock as ``lock(_:ttl:)-(String,_)`` does; `completion` runs once, on an arbitrary thread.
     public func lock(

@@ -37,7 +37,7 @@ extension Redlock {
     /// throw or cancellation).
     ///
     /// While the body runs, the lock is renewed in the background a third of the way through each
-    /// validity. When renewing fails until the validity runs out (or a quorum says the lock is no
+    /// validity (``RedlockOptions/Tuning/renewLeaving``). When renewing fails until the validity runs out (or a quorum says the lock is no
     /// longer held, or ``RedlockOptions/maxHold`` is reached), the body's task is **cancelled**, and
     /// `withLock` throws ``RedlockError/Kind/lost`` once the body returns. Inside the body,
     /// ``HeldLock/isValid`` and ``HeldLock/remainingValidity`` tell how things stand.
@@ -103,10 +103,13 @@ extension Redlock {
 
     /// Renews `held` until its task is cancelled or the lock is lost.
     private func keep(_ held: HeldLock, ttl: Duration, holdUntil: ContinuousClock.Instant) async {
+        let tuning = options.tuning
         while !Task.isCancelled {
             let lock = held.lock
             // Renew a third of the way through the validity, leaving two thirds for retries.
-            let renewAt = lock.validUntil - lock.validity * 2 / 3
+            let renewAt =
+                lock.validUntil - lock.validity * tuning.renewLeaving.numerator
+                / tuning.renewLeaving.denominator
             guard (try? await Task.sleep(until: renewAt, clock: .continuous)) != nil else { return }
             if ContinuousClock.now + ttl > holdUntil {
                 // No more renewals: let the lock expire, then the body must stop.
@@ -128,7 +131,7 @@ extension Redlock {
                 } catch {
                     lastError = error
                     if error.kind == .notHeld || error.kind == .closed { break }
-                    let pause = min(.milliseconds(50), lock.remainingValidity / 4)
+                    let pause = min(tuning.renewRetryPause, lock.remainingValidity / 4)
                     guard (try? await Task.sleep(for: pause)) != nil else { return }
                 }
             }

@@ -8,43 +8,22 @@ public protocol RedlockNode: Sendable {
     var name: String { get }
     /// Whether the node is connected now.
     var isConnected: Bool { get }
-    /// `SET key value NX PX ttl`: ``NodeResult/succeeded`` when set, ``NodeResult/refused`` when the
+    /// Acquire: on this node, sets every key to `value` with `ttl` (`SET key value NX PX ttl` for
+    /// one key), or none of them. ``NodeResult/succeeded`` when set, ``NodeResult/refused`` when any
     /// key exists.
     func acquire(
-        key: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void)
-    /// Compare-and-pexpire: sets the key's ttl only while it holds `value`. ``NodeResult/refused``
-    /// when it does not (expired, released, or another owner's). Never creates the key.
-    func extend(
-        key: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void)
-    /// Compare-and-delete: deletes the key only while it holds `value`; ``NodeResult/refused`` otherwise.
-    func release(
-        key: String, value: String, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void)
-    /// Multi-resource acquire: on this node, sets every key or none. ``NodeResult/refused`` when any is
-    /// held. The default handles one key with ``acquire(key:value:ttl:timeout:completion:)`` and
-    /// answers a failure for more.
-    func acquire(
         keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void)
-    /// Multi-resource extend: extends every key only when all of them hold `value`.
+    /// Compare-and-pexpire: sets the keys' ttl only when every one of them holds `value`;
+    /// ``NodeResult/refused`` when any does not (expired, released, or another owner's). Never
+    /// creates a key.
     func extend(
         keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void)
-    /// Multi-resource release: deletes each key that holds `value`; ``NodeResult/succeeded`` when any was.
+    /// Compare-and-delete: deletes each key that holds `value`; ``NodeResult/succeeded`` when any
+    /// did, ``NodeResult/refused`` otherwise.
     func release(
         keys: [String], value: String, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void)
-    /// Fenced acquire: `SET key value NX PX ttl`, answering with the node's fencing counter for the
-    /// resource (kept under `counterKey`) when granted. The default answers a failure.
-    func acquireFenced(
-        key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult, Int64) -> Void)
-    /// Fencing write-back: raises the counter under `counterKey` to `token` (never lowers it), only
-    /// while `key` holds `value`; ``NodeResult/refused`` when it does not. The default answers a failure.
-    func raiseFence(
-        key: String, counterKey: String, value: String, token: Int64, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void)
     /// Registers the one handler told each time the connection goes up (true) or down (false).
     /// ``Redlock`` calls this once, when it is created.
@@ -72,48 +51,22 @@ extension RedlockNode {
     public var timeSinceRestart: Duration? { nil }
 
     public var connectionDetail: String? { nil }
+}
 
-    public func acquire(
-        keys: [String], value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        guard keys.count == 1 else { return completion(.failed(unsupported("multi-resource locks"))) }
-        acquire(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
-    }
-
-    public func extend(
-        keys: [String], value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        guard keys.count == 1 else { return completion(.failed(unsupported("multi-resource locks"))) }
-        extend(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
-    }
-
-    public func release(
-        keys: [String], value: String, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        guard keys.count == 1 else { return completion(.failed(unsupported("multi-resource locks"))) }
-        release(key: keys[0], value: value, timeout: timeout, completion: completion)
-    }
-
-    public func acquireFenced(
+/// A node that can issue fencing tokens (``RedlockOptions/fencingTokens``). ``RedisNode`` and
+/// `MultiRedlockTesting`'s in-memory node are; with fencing on, ``Redlock`` counts a node that is
+/// not as failed (an error reply saying so).
+public protocol FencingRedlockNode: RedlockNode {
+    /// Fenced acquire: `SET key value NX PX ttl`, answering with the node's fencing counter for the
+    /// resource (kept under `counterKey`) when granted.
+    func acquireFenced(
         key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult, Int64) -> Void
-    ) {
-        completion(.failed(unsupported("fencing tokens")), 0)
-    }
-
-    public func raiseFence(
+        completion: @escaping @Sendable (NodeResult, Int64) -> Void)
+    /// Fencing write-back: raises the counter under `counterKey` to `token` (never lowers it), only
+    /// while `key` holds `value`; ``NodeResult/refused`` when it does not.
+    func raiseFence(
         key: String, counterKey: String, value: String, token: Int64, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        completion(.failed(unsupported("fencing tokens")))
-    }
-
-    private func unsupported(_ feature: String) -> NodeFailure {
-        NodeFailure(.errorReply, "node \(name) does not support \(feature)")
-    }
+        completion: @escaping @Sendable (NodeResult) -> Void)
 }
 
 /// One node's answer to one operation.

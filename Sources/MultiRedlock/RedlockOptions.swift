@@ -6,11 +6,11 @@ import Tracing
 /// in its property's comment and set here, in one place.
 public struct RedlockOptions: Sendable {
     /// Identifies this client in lock values (`<id>_<ms since epoch>_<32 hex>`). The default is the
-    /// machine's host name, as in the seed.
+    /// machine's host name.
     public var id: String
 
     /// The fixed part of the clock-drift allowance subtracted from every validity. The default is
-    /// 100 ms (the seed's `drift`). Zero to 100 years.
+    /// 100 ms. Zero to 100 years.
     public var drift: Duration
 
     /// The part of the drift allowance proportional to the ttl. The default is 0.01, so a 10 s lock
@@ -18,12 +18,12 @@ public struct RedlockOptions: Sendable {
     public var driftFactor: Double
 
     /// How many times `lock` retries after a failed attempt; 0 means one attempt only. The default
-    /// is 3 (the seed's), so four attempts in all. At most ``maximumRetries`` (1,000,000); to keep
+    /// is 3, so four attempts in all. At most ``maximumRetries`` (1,000,000); to keep
     /// trying until some time has passed, use ``Redlock/lock(_:ttl:waitingUpTo:)``.
     public var retries: Int
 
     /// The longest wait between attempts; each wait is random in `0...retryWait` so that competing
-    /// clients do not retry in lock step. The default is 100 ms (the seed's). Zero to 100 years.
+    /// clients do not retry in lock step. The default is 100 ms. Zero to 100 years.
     public var retryWait: Duration
 
     /// How long one node may take to answer one command before it counts as failed (and its
@@ -61,8 +61,8 @@ public struct RedlockOptions: Sendable {
     /// ``RestartQuarantine/longestTTL``.
     public var restartQuarantine: RestartQuarantine
 
-    /// Logs each attempt at `debug` level when true; at `trace` level when false (the default), as the
-    /// seed's `debug` flag did. The library never changes the logger's level.
+    /// Logs each attempt at `debug` level when true; at `trace` level when false (the default). The
+    /// library never changes the logger's level. To act on each attempt, use ``onAttempt``.
     public var debug: Bool
 
     /// Where the library logs. The default is a logger labelled `multiredlock`.
@@ -77,12 +77,17 @@ public struct RedlockOptions: Sendable {
     /// (`InstrumentationSystem.tracer`; a no-op one unless it bootstrapped another).
     public var tracer: (any Tracer)?
 
-    /// The wait before the first background retry of a release that failed on a node, and the
-    /// longest wait it doubles up to. A node that reconnects gets its retries at once. Not public:
-    /// 50 ms … 2 s always; tests lengthen it to tell the reconnect from the timer.
-    var releaseRetryDelay: (first: Duration, longest: Duration) = (.milliseconds(50), .seconds(2))
+    /// Called once for each acquire attempt when it is decided (granted or failed), with its
+    /// resource, number, time and outcome: for progress lines and diagnostics that must not depend
+    /// on log text. It runs on the task that locks, before the next attempt's wait: keep it short
+    /// and do not block. The default, nil, reports nothing (and costs nothing).
+    public var onAttempt: (@Sendable (AcquireAttempt) -> Void)?
 
-    /// Options with the seed's defaults; any can be given.
+    /// The library's fixed timings and bounds, named in one place (``Tuning``). Not public: the
+    /// defaults always; tests shorten or lengthen some of them.
+    var tuning = Tuning()
+
+    /// Options with the defaults stated on each property; any can be given.
     public init(
         id: String? = nil,
         drift: Duration = .milliseconds(100),
@@ -175,6 +180,49 @@ public struct RedlockOptions: Sendable {
                 message:
                     "retries must be at most \(maximumRetries) (got \(retries)); to keep trying for a while, "
                     + "use lock(_:ttl:waitingUpTo:)")
+        }
+    }
+}
+
+extension RedlockOptions {
+    /// The timings and bounds the library keeps fixed, each named and documented here. Not public
+    /// (the defaults hold for every user); tests change some of them.
+    struct Tuning: Sendable {
+        /// How long ``Redlock/unlock(_:value:)`` retries a release that failed on a node, at least:
+        /// it does not know the value's ttl, so it retries for the longest ttl this client has used,
+        /// and never less than this. 60 s.
+        var unlockRetryFloor: Duration = .seconds(60)
+
+        /// The wait before the first background retry of a release that failed on a node, and the
+        /// longest it doubles up to: 50 ms and 2 s. A node that reconnects gets its retries at once.
+        var releaseRetryDelay: (first: Duration, longest: Duration) = (.milliseconds(50), .seconds(2))
+
+        /// The most failed releases one node keeps for retrying; past it the one that expires first is
+        /// dropped (its keys expire on their own). Bounds the memory and work of a node that stays
+        /// down. 1024.
+        var maxPendingReleasesPerNode = 1024
+
+        /// ``Redlock/withLock(_:ttl:_:)-(String,_,_)`` renews when this part of the validity is left:
+        /// two thirds (it renews a third of the way through), leaving two thirds for retries.
+        var renewLeaving: (numerator: Int, denominator: Int) = (2, 3)
+
+        /// The pause between two renew tries of ``Redlock/withLock(_:ttl:_:)-(String,_,_)`` after a
+        /// failure: 50 ms, or a quarter of the validity left when that is shorter.
+        var renewRetryPause: Duration = .milliseconds(50)
+
+        /// How long ``Redlock/close()`` waits for the attempts and releases under way: an attempt (its
+        /// SET round and a fencing write-back) and then its release, each bounded by the node timeout
+        /// (so 3 node timeouts), plus 50 ms.
+        var closeGraceNodeTimeouts = 3
+        /// See ``closeGraceNodeTimeouts``: 50 ms.
+        var closeGraceSlack: Duration = .milliseconds(50)
+
+        /// How many events an ``Redlock/events`` stream keeps for a slow reader (the newest): 64.
+        static let eventBuffer = 64
+
+        /// ``closeGraceNodeTimeouts`` node timeouts plus ``closeGraceSlack``.
+        func closeGrace(nodeTimeout: Duration) -> Duration {
+            nodeTimeout * closeGraceNodeTimeouts + closeGraceSlack
         }
     }
 }

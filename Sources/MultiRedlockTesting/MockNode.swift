@@ -21,7 +21,7 @@ import MultiRedlock
 /// let lock = try await redlock.lock("invoice-42", ttl: .seconds(10))
 /// clock.advance(by: .seconds(11))  // the lock has expired on every node
 /// ```
-public final class MockRedlockNode: RedlockNode {
+public final class MockRedlockNode: FencingRedlockNode {
     /// One call made to the node, as logged in ``MockRedlockNode/calls``.
     public enum Call: Sendable, Hashable, CustomStringConvertible {
         /// `acquire(key:value:ttl:timeout:completion:)` (or a one-key `acquire(keys:…)`): SET NX PX.
@@ -467,66 +467,64 @@ public final class MockRedlockNode: RedlockNode {
 
     // MARK: RedlockNode
 
-    /// `SET key value NX PX ttl`: ``NodeResult/succeeded`` when set, ``NodeResult/refused`` when
-    /// the key holds a value.
-    public func acquire(
-        key: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        perform(.acquire(key: key, value: value, ttl: ttl), timeout: timeout) { completion($0.result) }
-    }
-
-    /// Compare-and-pexpire: sets the key's ttl only while it holds `value`; ``NodeResult/refused``
-    /// otherwise. Never creates the key.
-    public func extend(
-        key: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        perform(.extend(key: key, value: value, ttl: ttl), timeout: timeout) { completion($0.result) }
-    }
-
-    /// Compare-and-delete: deletes the key only while it holds `value`; ``NodeResult/refused``
-    /// otherwise.
-    public func release(
-        key: String, value: String, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        perform(.release(key: key, value: value), timeout: timeout) { completion($0.result) }
-    }
-
-    /// Multi-resource acquire: sets every key, or none when any is held (``NodeResult/refused``).
-    /// One key is a plain ``acquire(key:value:ttl:timeout:completion:)``, as on a ``RedisNode``.
+    /// Acquire: `SET key value NX PX ttl` for one key; for several, sets every key, or none when any
+    /// is held (``NodeResult/refused``), as on a ``RedisNode``.
     public func acquire(
         keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        if keys.count == 1 {
-            return acquire(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
-        }
-        perform(.acquireAll(keys: keys, value: value, ttl: ttl), timeout: timeout) { completion($0.result) }
+        let call: Call =
+            keys.count == 1
+            ? .acquire(key: keys[0], value: value, ttl: ttl) : .acquireAll(keys: keys, value: value, ttl: ttl)
+        perform(call, timeout: timeout) { completion($0.result) }
     }
 
-    /// Multi-resource extend: extends every key only when all of them hold `value`.
+    /// Compare-and-pexpire: extends every key only when all of them hold `value`;
+    /// ``NodeResult/refused`` otherwise. Never creates a key.
     public func extend(
         keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        if keys.count == 1 {
-            return extend(key: keys[0], value: value, ttl: ttl, timeout: timeout, completion: completion)
-        }
-        perform(.extendAll(keys: keys, value: value, ttl: ttl), timeout: timeout) { completion($0.result) }
+        let call: Call =
+            keys.count == 1
+            ? .extend(key: keys[0], value: value, ttl: ttl) : .extendAll(keys: keys, value: value, ttl: ttl)
+        perform(call, timeout: timeout) { completion($0.result) }
     }
 
-    /// Multi-resource release: deletes each key that holds `value`; ``NodeResult/succeeded`` when any
-    /// did.
+    /// Compare-and-delete: deletes each key that holds `value`; ``NodeResult/succeeded`` when any
+    /// did, ``NodeResult/refused`` otherwise.
     public func release(
         keys: [String], value: String, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        if keys.count == 1 {
-            return release(key: keys[0], value: value, timeout: timeout, completion: completion)
-        }
-        perform(.releaseAll(keys: keys, value: value), timeout: timeout) { completion($0.result) }
+        let call: Call =
+            keys.count == 1 ? .release(key: keys[0], value: value) : .releaseAll(keys: keys, value: value)
+        perform(call, timeout: timeout) { completion($0.result) }
+    }
+
+    /// ``acquire(keys:value:ttl:timeout:completion:)`` for one key, for tests that drive the node
+    /// directly.
+    public func acquire(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        acquire(keys: [key], value: value, ttl: ttl, timeout: timeout, completion: completion)
+    }
+
+    /// ``extend(keys:value:ttl:timeout:completion:)`` for one key.
+    public func extend(
+        key: String, value: String, ttl: Duration, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        extend(keys: [key], value: value, ttl: ttl, timeout: timeout, completion: completion)
+    }
+
+    /// ``release(keys:value:timeout:completion:)`` for one key.
+    public func release(
+        key: String, value: String, timeout: Duration,
+        completion: @escaping @Sendable (NodeResult) -> Void
+    ) {
+        release(keys: [key], value: value, timeout: timeout, completion: completion)
     }
 
     /// Fenced acquire: `SET key value NX PX ttl` and, when set, the fencing counter under

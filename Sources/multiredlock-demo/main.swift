@@ -276,11 +276,10 @@ say("\n== Done: servers stopped. `redlock --help` lists every option and exit st
 say("   `make test` runs the whole suite.")
 
 /// Exit statuses collected from the worker threads.
-final class LockedArray: @unchecked Sendable {
-    private let lock = NSLock()
-    private var storage: [Int32] = []
+final class LockedArray: Sendable {
+    private let storage = Locked<[Int32]>([])
 
-    func append(_ value: Int32) { lock.withLock { storage.append(value) } }
+    func append(_ value: Int32) { storage.withLock { $0.append(value) } }
 
-    var values: [Int32] { lock.withLock { storage } }
+    var values: [Int32] { storage.withLock { $0 } }
 }

@@ -76,14 +76,16 @@ struct Bench: Sendable {
 
     // MARK: Scenarios
 
-    /// PINGs one at a time on the first node's connection, as many as `sequential` has cycles:
-    /// the cost of one command through the hiredis-on-Dispatch wrapper.
+    /// PINGs one at a time on a connection of its own to the first server, as many as `sequential`
+    /// has cycles: the cost of one command through the hiredis-on-Dispatch wrapper.
     private func roundtrip(_ redlock: Redlock) async -> Measurement {
         let recorder = LatencyRecorder()
         var tally = Tally()
-        guard let connection = (redlock.nodes.first as? RedisNode)?.connection else {
+        guard let server = configuration.servers.first, let connection = try? RedisConnection(server: server)
+        else {
             return Measurement(tally: tally, latencies: recorder.snapshot, seconds: 0, rate: 0, tasks: 1)
         }
+        defer { connection.close {} }
         let count = min(configuration.sequentialCycles, configuration.maxCycles)
         for _ in 0..<configuration.warmupCycles { _ = try? await connection.send(["PING"]) }
         let cpuBefore = ProcessStats.cpuSeconds
@@ -306,18 +308,17 @@ struct Bench: Sendable {
             id: "redlock-bench", retries: retries,
             nodeTimeout: .milliseconds(configuration.nodeTimeoutMilliseconds))
         let redlock = try Redlock(servers: configuration.servers, options: options)
-        let deadline = Monotonic.now() + Monotonic.nanoseconds(seconds: configuration.connectTimeoutSeconds)
-        while !redlock.nodes.allSatisfy(\.isConnected) {
-            if Monotonic.now() >= deadline {
-                let down = redlock.nodes.filter { !$0.isConnected }.map(\.name)
-                if redlock.isConnected {
-                    log("warning: not connected to \(down.joined(separator: ", ")); going on with a quorum")
-                    break
-                }
-                await redlock.close()
-                throw BenchError(message: "no quorum connected; down: \(down.joined(separator: ", "))")
-            }
-            try await Task.sleep(for: .milliseconds(5))
+        do {
+            // Every node, or at least a quorum once the connect timeout has passed.
+            try await redlock.waitUntilConnected(
+                timeout: .seconds(configuration.connectTimeoutSeconds), all: true)
+        } catch {
+            await redlock.close()
+            throw BenchError(message: "no quorum connected: \(error.message)")
+        }
+        let down = redlock.nodes.filter { !$0.isConnected }.map(\.name)
+        if !down.isEmpty {
+            log("warning: not connected to \(down.joined(separator: ", ")); going on with a quorum")
         }
         return redlock
     }

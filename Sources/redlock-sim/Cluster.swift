@@ -1,7 +1,6 @@
 import Dispatch
 import MultiRedlock
 import MultiRedlockTesting
-import Synchronization
 
 /// One line of a run's history.
 struct Entry: Sendable {
@@ -37,7 +36,7 @@ final class Recorder: Sendable {
     let start = ContinuousClock.now
     /// The start on `CLOCK_MONOTONIC`, the clock `MutualExclusionChecker` measures holds on.
     let startMonotonic = MutualExclusionChecker.now()
-    private let entries = Mutex<[Entry]>([])
+    private let entries = Locked<[Entry]>([])
 
     var elapsedMs: Double { Self.ms(ContinuousClock.now - start) }
 
@@ -66,7 +65,7 @@ final class Server: Sendable {
     let node: MockRedlockNode
     let clock: MockClock
     let recorder: Recorder
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     struct State {
         var loseReplies = false
@@ -114,11 +113,11 @@ final class Server: Sendable {
 /// One client's connection to a ``Server``: a `RedlockNode` of its own (a `Redlock` owns its nodes'
 /// observer and closes them), passing commands to the shared mock node, applying the faults the
 /// mock lacks, and logging every call with its answer.
-final class Connection: RedlockNode {
+final class Connection: FencingRedlockNode {
     let server: Server
     let client: Int
     let name: String
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private typealias Answer = @Sendable (NodeResult, Int64) -> Void
 
@@ -195,31 +194,6 @@ final class Connection: RedlockNode {
             return
         }
         send(answer)
-    }
-
-    func acquire(
-        key: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        forward(
-            "SET \(key) NX PX \(Int(Recorder.ms(ttl)))", value: value, isRelease: false, timeout: timeout,
-            completion: { result, _ in completion(result) },
-            send: { answer in
-                server.node.acquire(key: key, value: value, ttl: ttl, timeout: timeout) { answer($0, 0) }
-            })
-    }
-
-    func extend(
-        key: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        extend(keys: [key], value: value, ttl: ttl, timeout: timeout, completion: completion)
-    }
-
-    func release(
-        key: String, value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        release(keys: [key], value: value, timeout: timeout, completion: completion)
     }
 
     func acquire(
@@ -301,9 +275,9 @@ func describe(_ result: NodeResult) -> String {
 /// its bound by no more than the stalls seen meanwhile is the scheduler's delay, not Redlock's.
 final class LagMonitor: Sendable {
     static let shared = LagMonitor()
-    private let stalls = Mutex<[(end: ContinuousClock.Instant, excess: Duration)]>([])
+    private let stalls = Locked<[(end: ContinuousClock.Instant, excess: Duration)]>([])
     /// The same, measured on Dispatch's global queue (where the mock nodes' timers run).
-    private let dispatchStalls = Mutex<[(end: ContinuousClock.Instant, excess: Duration)]>([])
+    private let dispatchStalls = Locked<[(end: ContinuousClock.Instant, excess: Duration)]>([])
 
     private func probeDispatch(_ before: ContinuousClock.Instant) {
         DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(2)) { [self] in

@@ -1,6 +1,5 @@
 import MultiRedlock
 import MultiRedlockTesting
-import Synchronization
 
 /// What the oracle found wrong.
 struct Violation: Sendable {
@@ -45,7 +44,7 @@ final class Run: Sendable {
     let servers: [Server]
     let redlocks: [Redlock]
     let checkers: [MutualExclusionChecker]
-    private let stats = Mutex(Stats())
+    private let stats = Locked(Stats())
 
     private struct Stats {
         var outcome = Outcome()

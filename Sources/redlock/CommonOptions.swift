@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import JSONText
-import Logging
 import MultiRedlock
 
 /// The options every subcommand takes.
@@ -130,9 +129,8 @@ struct CommonOptions: ParsableArguments {
         var options = RedlockOptions(id: id)
         options.retries = retries ?? 3
         if verbose {
-            // The library's line per acquire attempt, on standard error (see AttemptLog).
-            options.debug = true
-            options.logger = Logger(label: "redlock") { _ in AttemptLog() }
+            // A line per acquire attempt, on standard error.
+            options.onAttempt = { AttemptLog.print($0) }
         }
         if let retryWait { options.retryWait = .milliseconds(retryWait) }
         if let drift { options.drift = .milliseconds(drift) }

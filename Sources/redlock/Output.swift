@@ -50,11 +50,6 @@ enum Redactor {
         RedisServer.maskingPasswords(inText: text)
     }
 
-    /// `redis://user:secret@host` → `redis://user:***@host`; `x://secret@host` → `x://***@host`.
-    static func maskingURLUserInfo(in text: String) -> String {
-        RedisServer.maskingPasswords(inText: text)
-    }
-
     /// Control characters (C0, DEL, C1: escape sequences, carriage returns, line breaks) written as
     /// `\u{1B}`, so that text from a server cannot move the cursor, rewrite the terminal or forge
     /// lines of output.
@@ -79,8 +74,8 @@ extension JSON {
             [
                 ("resource", .string(lock.resource)),
                 ("value", .string(lock.value)),
-                ("validity_ms", .int(Int(lock.validity.wholeMillisecondsValue))),
-                ("ttl_ms", .int(Int(lock.ttl.wholeMillisecondsValue))),
+                ("validity_ms", .int(Int(max(0, lock.validity.wholeMilliseconds)))),
+                ("ttl_ms", .int(Int(max(0, lock.ttl.wholeMilliseconds)))),
                 ("attempts", .int(lock.attempts)),
                 ("nodes", .array(lock.nodes.map { .string($0) })),
             ] + (lock.fencingToken.map { [("fencing_token", JSON.int(Int($0)))] } ?? []))
@@ -88,16 +83,9 @@ extension JSON {
 }
 
 extension Duration {
-    /// Whole milliseconds, rounded down (never negative).
-    var wholeMillisecondsValue: Int64 {
-        let (seconds, attoseconds) = components
-        return max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000)
-    }
+    /// Milliseconds, rounded to the nearest.
+    var roundedMilliseconds: Int64 { Int64(milliseconds.rounded()) }
 
     /// Milliseconds, rounded, for messages: `1234 ms`.
-    var millisecondsText: String {
-        let (seconds, attoseconds) = components
-        let value = Double(seconds) * 1000 + Double(attoseconds) / 1e15
-        return "\(Int64(value.rounded())) ms"
-    }
+    var millisecondsText: String { "\(roundedMilliseconds) ms" }
 }

@@ -1,8 +1,5 @@
-import Dispatch
 import JSONText
-import Logging
 import MultiRedlock
-import Synchronization
 
 /// The exit statuses, as sysexits(3) and timeout(1) use them.
 enum ExitStatus {
@@ -92,51 +89,22 @@ struct Session: Sendable {
     // MARK: Connecting
 
     /// Waits until the connections are up, so that the first attempt does not spend its node
-    /// timeout on a handshake: until every server has answered a PING (or failed to), or a quorum
-    /// has and the others had one more node timeout, or the connect timeout has passed.
+    /// timeout on a handshake: until a quorum is connected (or every server that is not has failed to
+    /// connect, or the connect timeout has passed), then up to one more node timeout for the others.
     func connect() async {
-        let connections = redlock.nodes.compactMap { ($0 as? RedisNode)?.connection }
-        guard !connections.isEmpty else { return }
         let start = ContinuousClock.now
-        let timeout = settings.options.connection.connectTimeout
-        let quorum = redlock.quorum
-        let grace = settings.options.nodeTimeout
-        let answers = ConnectGate(count: connections.count)
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                answers.onDone { continuation.resume() }
-                for (index, connection) in connections.enumerated() {
-                    connection.send(["PING"], timeout: timeout) { result in
-                        let failure: String? =
-                            switch result {
-                            case .success(.error(let message)): message
-                            case .success: nil
-                            case .failure(let error): "\(error.kind.rawValue): \(error.message)"
-                            }
-                        let answered = answers.record(index, failure: failure)
-                        if answered == quorum {
-                            DispatchQueue.global().asyncAfter(deadline: .now() + grace.dispatchInterval) {
-                                answers.finish()
-                            }
-                        }
-                    }
-                }
-                DispatchQueue.global().asyncAfter(deadline: .now() + timeout.dispatchInterval) {
-                    answers.finish()
-                }
-            }
-        } onCancel: {
-            answers.finish()
+        let options = settings.options
+        if (try? await redlock.waitUntilConnected(timeout: options.connection.connectTimeout)) != nil {
+            try? await redlock.waitUntilConnected(timeout: options.nodeTimeout, all: true)
         }
         guard settings.verbose else { return }
-        let (ok, failures) = answers.results
+        let nodes = redlock.nodes
         var message =
-            "\(ok) of \(connections.count) servers answered PING in \(start.duration(to: .now).millisecondsText)"
-        for (index, failure) in failures.sorted(by: { $0.key < $1.key }) {
-            message += "; \(redlock.nodes[index].name): \(failure)"
+            "\(nodes.count { $0.isConnected }) of \(nodes.count) servers connected in "
+            + start.duration(to: .now).millisecondsText
+        for node in nodes where !node.isConnected {
+            message += "; \(node.name): \(node.connectionDetail ?? "not connected yet")"
         }
-        let silent = connections.count - ok - failures.count
-        if silent > 0 { message += "; \(silent) did not answer yet" }
         note(message)
     }
 
@@ -177,87 +145,20 @@ struct Session: Sendable {
     }
 }
 
-/// Collects the answers to the connection PINGs and resumes the waiter once.
-private final class ConnectGate: Sendable {
-    private struct State {
-        var ok = 0
-        var failures: [Int: String] = [:]
-        var done: (@Sendable () -> Void)?
-        var finished = false
-    }
-    private let state = Mutex(State())
-    private let count: Int
-
-    init(count: Int) {
-        self.count = count
-    }
-
-    func onDone(_ done: @escaping @Sendable () -> Void) {
-        let finished = state.withLock { state in
-            state.done = done
-            return state.finished
-        }
-        if finished { finish() }
-    }
-
-    /// Records one answer; returns how many succeeded so far.
-    func record(_ index: Int, failure: String?) -> Int {
-        let (ok, all) = state.withLock { state in
-            if let failure { state.failures[index] = failure } else { state.ok += 1 }
-            return (state.ok, state.ok + state.failures.count == count)
-        }
-        if all { finish() }
-        return ok
-    }
-
-    func finish() {
-        let done: (@Sendable () -> Void)? = state.withLock { state in
-            state.finished = true
-            defer { state.done = nil }
-            return state.done
-        }
-        done?()
-    }
-
-    var results: (ok: Int, failures: [Int: String]) {
-        state.withLock { ($0.ok, $0.failures) }
-    }
-}
-
-extension Duration {
-    var dispatchInterval: DispatchTimeInterval {
-        .milliseconds(Int(clamping: wholeMillisecondsValue))
-    }
-}
-
-/// Prints the library's per-attempt log line (`acquire attempt`) for `--verbose`:
-/// `acquire "r" attempt 2: taken: …; next attempt in 37 ms` or `acquire "r" attempt 1: granted by 3 in 2 ms, validity 9798 ms`.
-struct AttemptLog: LogHandler {
-    var logLevel: Logger.Level = .debug
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        guard event.message.description == "acquire attempt", let fields = event.metadata else { return }
-        func field(_ key: String) -> String { fields[key].map { "\($0)" } ?? "?" }
-        func milliseconds(_ key: String) -> String {
-            Double(field(key)).map { "\(Int64($0.rounded()))" } ?? "?"
-        }
-        let head =
-            "acquire \(JSON.quoted(field("resource"))) attempt \(field("attempt")): \(field("outcome"))"
-        if field("outcome") == "granted" {
+/// Prints one line per acquire attempt for `--verbose` (from ``RedlockOptions/onAttempt``):
+/// `acquire "r" attempt 2: taken: …; next attempt in 37 ms` or
+/// `acquire "r" attempt 1: granted by 3 in 2 ms, validity 9798 ms`.
+enum AttemptLog {
+    static func print(_ attempt: AcquireAttempt) {
+        let head = "acquire \(JSON.quoted(attempt.resource)) attempt \(attempt.number): \(attempt.outcome)"
+        switch attempt.result {
+        case .success(let lock):
             Output.stderr(
-                head
-                    + " by \(field("granted")) in \(milliseconds("elapsed_ms")) ms, validity \(milliseconds("validity_ms")) ms"
-            )
-        } else {
-            let retry =
-                fields["retry_in_ms"] == nil ? "" : "; next attempt in \(milliseconds("retry_in_ms")) ms"
-            Output.stderr(head + ": \(field("error"))" + retry)
+                head + " by \(lock.nodes.count) in \(attempt.elapsed.roundedMilliseconds) ms, validity "
+                    + "\(lock.validity.roundedMilliseconds) ms")
+        case .failure(let error):
+            let retry = attempt.retryIn.map { "; next attempt in \($0.roundedMilliseconds) ms" } ?? ""
+            Output.stderr(head + ": \(error)" + retry)
         }
     }
 }

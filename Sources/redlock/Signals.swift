@@ -3,7 +3,7 @@
 // a thread that happens not to block it). `run` forwards them to COMMAND; the other subcommands stop
 // what they are doing, release what they acquired and exit with 128 + the signal's number.
 import Foundation
-import Synchronization
+import MultiRedlock
 
 #if canImport(Glibc)
     import Glibc
@@ -23,7 +23,7 @@ final class SignalCenter: Sendable {
     /// ignores SIGPIPE): COMMAND gets them back at their default action.
     let startupDefaults: [Int32]
 
-    private let state = Mutex<State>(State())
+    private let state = Locked<State>(State())
 
     private struct State {
         var first: Received?

@@ -39,7 +39,7 @@ struct FlappingReleaseTests {
         var options = RedlockOptions(
             id: "flap", retries: 3, retryWait: .milliseconds(300), nodeTimeout: .milliseconds(500),
             logger: logger)
-        options.releaseRetryDelay = (.milliseconds(100), .milliseconds(200))
+        options.tuning.releaseRetryDelay = (.milliseconds(100), .milliseconds(200))
         let client = try await connected(
             Redlock(
                 servers: group.ports.map {

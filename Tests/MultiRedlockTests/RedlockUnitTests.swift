@@ -571,7 +571,7 @@ struct RedlockUnitTests {
         let nodes = makeNodes(3)
         var options = testOptions()
         // The timer's first retry is an hour away: only the reconnect can release the key in time.
-        options.releaseRetryDelay = (.seconds(3600), .seconds(3600))
+        options.tuning.releaseRetryDelay = (.seconds(3600), .seconds(3600))
         let redlock = try Redlock(nodes: nodes, options: options)
         let lock = try await redlock.lock("r", ttl: .seconds(7200))
         nodes[0].setConnected(false)

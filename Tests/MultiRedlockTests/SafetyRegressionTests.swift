@@ -65,29 +65,29 @@ private final class FlakyNode: RedlockNode {
     }
 
     func acquire(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
         if flaked(completion) { return }
-        inner.acquire(key: key, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
+        inner.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
     }
 
     func extend(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
         if flaked(completion) { return }
-        inner.extend(key: key, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
+        inner.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: answer(completion))
     }
 
     func release(
-        key: String, value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
+        keys: [String], value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
     ) {
         if flaked(completion) { return }
         guard losingReleaseReplies else {
-            return inner.release(key: key, value: value, timeout: timeout, completion: completion)
+            return inner.release(keys: keys, value: value, timeout: timeout, completion: completion)
         }
-        inner.release(key: key, value: value, timeout: timeout) { _ in
+        inner.release(keys: keys, value: value, timeout: timeout) { _ in
             completion(.failed(NodeFailure(.timeout, "the reply was lost")))
         }
     }
@@ -136,7 +136,7 @@ private func kind(of operation: () async throws -> some Any) async -> RedlockErr
             FlakyNode(node, failing: index >= nodeCount - flapping ? 2 : 0)
         }
         var fast = options(retries: 1)
-        fast.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
+        fast.tuning.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
         let client = try Redlock(nodes: first, options: fast)
         let lock = try await client.lock("invoice-42", ttl: .seconds(10))
         #expect(lock.attempts == 2, "attempt 1 failed (the flapping nodes were unreachable)")
@@ -218,7 +218,7 @@ private func kind(of operation: () async throws -> some Any) async -> RedlockErr
     func releaseRetriesAreBounded() async throws {
         let nodes = makeNodes(3)
         var opts = options()
-        opts.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
+        opts.tuning.releaseRetryDelay = (.milliseconds(20), .milliseconds(40))
         // node1 and node2 flap for the first SET, and never deliver a release's reply.
         let redlock = try Redlock(
             nodes: [FlakyNode(nodes[0])]
@@ -471,7 +471,7 @@ private func kind(of operation: () async throws -> some Any) async -> RedlockErr
 }
 
 /// A fencing node whose keys expire (on every node's clock) just before the first write-back.
-private final class ExpiringBeforeWriteBack: RedlockNode {
+private final class ExpiringBeforeWriteBack: FencingRedlockNode {
     let inner: MockRedlockNode
     let all: [MockRedlockNode]
 
@@ -484,23 +484,23 @@ private final class ExpiringBeforeWriteBack: RedlockNode {
     var isConnected: Bool { inner.isConnected }
 
     func acquire(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        inner.acquire(key: key, value: value, ttl: ttl, timeout: timeout, completion: completion)
+        inner.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion)
     }
 
     func extend(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        inner.extend(key: key, value: value, ttl: ttl, timeout: timeout, completion: completion)
+        inner.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion)
     }
 
     func release(
-        key: String, value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
+        keys: [String], value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        inner.release(key: key, value: value, timeout: timeout, completion: completion)
+        inner.release(keys: keys, value: value, timeout: timeout, completion: completion)
     }
 
     func acquireFenced(

@@ -186,7 +186,7 @@ private enum DispatchQueueSleep {
 
 /// A mock node whose fencing write-back (`raiseFence`) can be made to fail with an error reply,
 /// while everything else (the fenced SET included) works: "the write-back failed on this node".
-private final class WriteBackFailingNode: RedlockNode {
+private final class WriteBackFailingNode: FencingRedlockNode {
     let node: MockRedlockNode
     private let failing = Atomic<Bool>(false)
 
@@ -200,16 +200,16 @@ private final class WriteBackFailingNode: RedlockNode {
     var name: String { node.name }
     var isConnected: Bool { node.isConnected }
     func acquire(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
-    ) { node.acquire(key: key, value: value, ttl: ttl, timeout: timeout, completion: completion) }
+    ) { node.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion) }
     func extend(
-        key: String, value: String, ttl: Duration, timeout: Duration,
+        keys: [String], value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
-    ) { node.extend(key: key, value: value, ttl: ttl, timeout: timeout, completion: completion) }
+    ) { node.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion) }
     func release(
-        key: String, value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
-    ) { node.release(key: key, value: value, timeout: timeout, completion: completion) }
+        keys: [String], value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
+    ) { node.release(keys: keys, value: value, timeout: timeout, completion: completion) }
     func acquireFenced(
         key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult, Int64) -> Void

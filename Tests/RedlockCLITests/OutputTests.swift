@@ -48,7 +48,7 @@ struct OutputTests {
         ("no url here", "no url here"),
     ])
     func passwordsInURLsAreMasked(input: String, expected: String) {
-        #expect(Redactor.maskingURLUserInfo(in: input) == expected)
+        #expect(Redactor.redact(input) == expected)
     }
 
     @Test func thePasswordVariableGoesToServersWithoutOne() throws {

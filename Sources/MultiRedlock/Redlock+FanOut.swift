@@ -1,0 +1,120 @@
+extension Redlock {
+    /// Runs `operation` on every node at once and returns when the outcome is certain (or, with
+    /// `.answered`, when the nodes waited for have answered); `whenAllAnswered` runs once every
+    /// node has. A cancellable fan-out returns at once when its task is cancelled, with the answers
+    /// so far (undecided); a release is never cut short.
+    ///
+    /// How answers count is decided by ``QuorumRound``, once for every operation: the node timeout
+    /// is strict (an answer that comes after it, though before the node's own timer fired, is a
+    /// timeout), a node whose server restarted within the quarantine does not grant, and a node that
+    /// is another node's server (same `run_id`) has no vote.
+    func fanOut(
+        _ kind: QuorumRound.Kind,
+        options: RedlockOptions,
+        until: QuorumRound.Until = .settled,
+        cancellable: Bool = false,
+        whenAllAnswered: (@Sendable (QuorumTally) -> Void)? = nil,
+        _ operation:
+            @escaping @Sendable (Int, any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
+    ) async -> QuorumTally {
+        let nodes = nodes
+        let names = names
+        let (duplicates, longestTTL) = state.withLock { ($0.duplicateOf, $0.longestTTL) }
+        let quarantine: Duration? =
+            switch options.restartQuarantine {
+            case .longestTTL: longestTTL
+            case .fixed(let duration): duration
+            case .off: nil
+            }
+        let rules = QuorumRound.Rules(kind: kind, timeout: options.nodeTimeout, quarantine: quarantine)
+        let round = FanOutRound(
+            QuorumRound(nodeCount: nodes.count, rules: rules, until: until), whenAllAnswered: whenAllAnswered)
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                round.start { continuation.resume(returning: $0) }
+                let send: @Sendable () -> Void = {
+                    let sent = ContinuousClock.now
+                    for (index, node) in nodes.enumerated() {
+                        if let first = duplicates[index] {
+                            round.duplicate(at: index, of: names[first], serverID: node.serverID ?? "?")
+                            continue
+                        }
+                        operation(index, node) { result in
+                            // Counted outside the round's lock (it may read the node's state).
+                            let elapsed = kind == .release ? .zero : ContinuousClock.now - sent
+                            round.record(
+                                rules.counted(result, elapsed: elapsed) { node.timeSinceRestart }, at: index)
+                        }
+                    }
+                }
+                // One hop to the nodes' shared queue; there each command goes straight to hiredis,
+                // and all of them leave in the flush at the end of that queue turn.
+                if let ioQueue { ioQueue.async(execute: send) } else { send() }
+            }
+        } onCancel: {
+            if cancellable { round.finishEarly() }
+        }
+    }
+}
+
+/// One fan-out in progress: a ``QuorumRound`` under a lock, and the one-shot completion.
+final class FanOutRound: Sendable {
+    private struct State {
+        var round: QuorumRound
+        var completion: (@Sendable (QuorumTally) -> Void)?
+        var whenAllAnswered: (@Sendable (QuorumTally) -> Void)?
+    }
+
+    private let state: Locked<State>
+
+    init(_ round: QuorumRound, whenAllAnswered: (@Sendable (QuorumTally) -> Void)? = nil) {
+        state = Locked(State(round: round, whenAllAnswered: whenAllAnswered))
+    }
+
+    /// Sets the completion; it runs at once if the round already finished early.
+    func start(_ completion: @escaping @Sendable (QuorumTally) -> Void) {
+        let tally: QuorumTally? = state.withLock { state in
+            if state.round.finished { return state.round.tally }
+            state.completion = completion
+            return nil
+        }
+        if let tally { completion(tally) }
+    }
+
+    /// Records an answer, already counted (``QuorumRound/Rules/counted(_:elapsed:timeSinceRestart:)``).
+    func record(_ counted: NodeResult, at index: Int) {
+        perform { $0.record(counted, at: index) }
+    }
+
+    func duplicate(at index: Int, of first: String, serverID: String) {
+        perform { $0.duplicate(at: index, of: first, serverID: serverID) }
+    }
+
+    /// Completes now with the answers so far (the task was cancelled).
+    func finishEarly() {
+        perform { QuorumRound.Action(finish: $0.cancel()) }
+    }
+
+    /// Runs one event of the round under the lock, then what it asks for outside it.
+    private func perform(_ event: (inout QuorumRound) -> QuorumRound.Action) {
+        let (tally, finish, allAnswered) = state.withLock {
+            state -> (QuorumTally?, (@Sendable (QuorumTally) -> Void)?, (@Sendable (QuorumTally) -> Void)?) in
+            let action = event(&state.round)
+            var finish: (@Sendable (QuorumTally) -> Void)?
+            var allAnswered: (@Sendable (QuorumTally) -> Void)?
+            if action.finish {
+                finish = state.completion
+                state.completion = nil
+            }
+            if action.allAnswered {
+                allAnswered = state.whenAllAnswered
+                state.whenAllAnswered = nil
+            }
+            guard finish != nil || allAnswered != nil else { return (nil, nil, nil) }
+            return (state.round.tally, finish, allAnswered)
+        }
+        guard let tally else { return }
+        finish?(tally)
+        allAnswered?(tally)
+    }
+}

@@ -60,7 +60,14 @@ public final class RedisNode: RedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        let command: RedisCommand = ["SET", key, value, "NX", "PX", String(ttl.wholeMilliseconds)]
+        // Built straight into the command's one RESP buffer: one allocation.
+        var command = RedisCommand(reservingBytes: key.utf8.count + value.utf8.count + 64)
+        command.append("SET")
+        command.append(key)
+        command.append(value)
+        command.append("NX")
+        command.append("PX")
+        command.append(String(ttl.wholeMilliseconds))
         connection.send(command, timeout: timeout) { result in
             switch result {
             case .success(.status(let status)) where status == "OK": completion(.succeeded)
@@ -78,7 +85,7 @@ public final class RedisNode: RedlockNode {
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
         run(
-            Scripts.extend, key: key, arguments: [value, String(ttl.wholeMilliseconds)], timeout: timeout,
+            Scripts.extend, key: key, value, String(ttl.wholeMilliseconds), timeout: timeout,
             completion)
     }
 
@@ -86,7 +93,7 @@ public final class RedisNode: RedlockNode {
         key: String, value: String, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        run(Scripts.release, key: key, arguments: [value], timeout: timeout, completion)
+        run(Scripts.release, key: key, value, timeout: timeout, completion)
     }
 
     public func close() async {
@@ -133,7 +140,7 @@ public final class RedisNode: RedlockNode {
         key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult, Int64) -> Void
     ) {
-        let tail = ["2", key, counterKey, value, String(ttl.wholeMilliseconds)]
+        let tail = RedisCommand(["2", key, counterKey, value, String(ttl.wholeMilliseconds)])
         evaluate(Scripts.acquireFenced, tail, timeout: timeout) { result in
             switch result {
             case .success(.integer(let counter)) where counter >= 0:
@@ -155,22 +162,31 @@ public final class RedisNode: RedlockNode {
 
     /// EVALSHA, falling back to EVAL on NOSCRIPT. The script answers 1 (done) or 0 (not held).
     private func run(
-        _ script: Script, key: String, arguments: [String], timeout: Duration,
+        _ script: Script, key: String, _ first: String, _ second: String? = nil, timeout: Duration,
         _ completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        run(script, keys: [key], arguments: arguments, timeout: timeout, completion)
+        // numkeys, the key and the arguments, straight into one RESP buffer (no arrays of strings).
+        var tail = RedisCommand(reservingBytes: key.utf8.count + first.utf8.count + (second?.utf8.count ?? 0))
+        tail.append("1")
+        tail.append(key)
+        tail.append(first)
+        if let second { tail.append(second) }
+        evaluate(script, tail, timeout: timeout) { completion(Self.scriptResult($0)) }
     }
 
     private func run(
         _ script: Script, keys: [String], arguments: [String], timeout: Duration,
         _ completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        evaluate(script, [String(keys.count)] + keys + arguments, timeout: timeout) {
+        var tail = RedisCommand([String(keys.count)])
+        for key in keys { tail.append(key) }
+        for argument in arguments { tail.append(argument) }
+        evaluate(script, tail, timeout: timeout) {
             completion(Self.scriptResult($0))
         }
     }
 
-    /// Runs `script` with `tail` (numkeys, keys, arguments), within one deadline `timeout` from now.
+    /// Runs `script` with `tail` (numkeys, keys, arguments, as a command's arguments), within one deadline `timeout` from now.
     ///
     /// A script that sets keys (``Script/setsKeys``: the acquires) is always sent as
     /// `EVAL source <tail>`. Its place among the connection's commands is then where it was sent:
@@ -189,7 +205,7 @@ public final class RedisNode: RedlockNode {
     /// The fallback gets only what is left of `timeout` (one deadline per operation); when nothing
     /// is left, it fails as a timeout without being sent.
     private func evaluate(
-        _ script: Script, _ tail: [String], timeout: Duration,
+        _ script: Script, _ tail: RedisCommand, timeout: Duration,
         _ completion: @escaping @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
     ) {
         let connection = connection
@@ -217,13 +233,12 @@ public final class RedisNode: RedlockNode {
         }
     }
 
-    private static func command(_ name: String, _ script: String, _ tail: [String]) -> RedisCommand {
-        var bytes = name.utf8.count + script.utf8.count
-        for argument in tail { bytes += argument.utf8.count }
-        var command = RedisCommand(reservingArguments: tail.count + 2, bytes: bytes)
+    /// `name script <tail>` in one RESP buffer, one allocation.
+    private static func command(_ name: String, _ script: String, _ tail: RedisCommand) -> RedisCommand {
+        var command = RedisCommand(reservingBytes: name.utf8.count + script.utf8.count + tail.byteCount)
         command.append(name)
         command.append(script)
-        for argument in tail { command.append(argument) }
+        command.append(contentsOf: tail)
         return command
     }
 

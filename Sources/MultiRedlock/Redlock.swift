@@ -1033,8 +1033,9 @@ public final class Redlock: Sendable {
                     }
                 }
                 // One hop to the nodes' shared queue; there each command goes straight to hiredis,
-                // and all of them leave in the flush at the end of that queue turn.
-                if let ioQueue { ioQueue.async(execute: send) } else { send() }
+                // and all of them are written when `send` returns (a write batch: no queue turn per
+                // node for the flush).
+                if let ioQueue { RedisConnection.batch(on: ioQueue, send) } else { send() }
             }
         } onCancel: {
             if cancellable { round.finishEarly() }

@@ -174,11 +174,20 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
     /// from the reply queue; SSUBSCRIBE (Redis 7) puts the server into pub/sub mode without hiredis
     /// knowing, and `CLIENT REPLY OFF|SKIP` suppresses replies. Each breaks one-reply-per-command.
     var unsupportedReason: String? {
-        // Runs for every command sent: decodes the name only when its length is one of the names'
-        // below (with or without the leading "p"), so SET, EVAL and EVALSHA allocate nothing here.
+        // Runs for every command sent: decodes the name only when its length and first letter are
+        // those of a name below (with or without the leading "p"), so SET, EVAL and EVALSHA
+        // allocate nothing here.
         guard let (first, next) = argument(at: 0) else { return nil }
         switch first.count {
         case 6, 7, 8, 9, 10, 11, 12, 13: break
+        default: return nil
+        }
+        // The refused names start with s, u, m or c, after an optional p (either case): EVALSHA
+        // (7 letters) stops here too.
+        var letter = body[first.lowerBound] | 0x20
+        if letter == UInt8(ascii: "p") { letter = body[first.lowerBound + 1] | 0x20 }
+        switch letter {
+        case UInt8(ascii: "s"), UInt8(ascii: "u"), UInt8(ascii: "m"), UInt8(ascii: "c"): break
         default: return nil
         }
         var name = String(decoding: body[first], as: UTF8.self).lowercased()

@@ -43,7 +43,21 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
         count += other.count
     }
 
-    /// The bytes `other`'s arguments take in RESP (to reserve room for them).
+    /// The command without its first `count` arguments (e.g. a script call's tail).
+    package func droppingFirst(_ count: Int) -> RedisCommand {
+        var start = 0
+        var dropped = 0
+        while dropped < count, let (_, next) = argument(at: start) {
+            start = next
+            dropped += 1
+        }
+        var rest = RedisCommand([])
+        rest.body = Array(body[start...])
+        rest.count = self.count - dropped
+        return rest
+    }
+
+    /// The bytes this command's arguments take in RESP (to reserve room for them).
     package var byteCount: Int { body.count }
 
     /// The most bytes RESP adds around one argument: `$`, up to 19 digits, and two CRLFs.

@@ -165,13 +165,17 @@ public final class RedisNode: RedlockNode {
         _ script: Script, key: String, _ first: String, _ second: String? = nil, timeout: Duration,
         _ completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        // numkeys, the key and the arguments, straight into one RESP buffer (no arrays of strings).
-        var tail = RedisCommand(reservingBytes: key.utf8.count + first.utf8.count + (second?.utf8.count ?? 0))
-        tail.append("1")
-        tail.append(key)
-        tail.append(first)
-        if let second { tail.append(second) }
-        evaluate(script, tail, timeout: timeout) { completion(Self.scriptResult($0)) }
+        // EVALSHA, the SHA1, numkeys, the key and the arguments, straight into one RESP buffer: one
+        // allocation (the NOSCRIPT fallback takes the tail from it).
+        var command = RedisCommand(
+            reservingBytes: 64 + key.utf8.count + first.utf8.count + (second?.utf8.count ?? 0))
+        command.append("EVALSHA")
+        command.append(script.sha1)
+        command.append("1")
+        command.append(key)
+        command.append(first)
+        if let second { command.append(second) }
+        evaluate(script, evalsha: command, timeout: timeout) { completion(Self.scriptResult($0)) }
     }
 
     private func run(
@@ -214,9 +218,19 @@ public final class RedisNode: RedlockNode {
                 Self.command("EVAL", script.source, tail), timeout: timeout, completion: completion)
             return
         }
+        evaluate(script, evalsha: Self.command("EVALSHA", script.sha1, tail), timeout: timeout, completion)
+    }
+
+    /// Sends `evalsha` (`EVALSHA sha1 <tail>` of a compare-and-* `script`) and, on NOSCRIPT,
+    /// `EVAL source <tail>` within what is left of `timeout` (see ``evaluate(_:_:timeout:_:)``).
+    private func evaluate(
+        _ script: Script, evalsha: RedisCommand, timeout: Duration,
+        _ completion: @escaping @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
+    ) {
+        let connection = connection
         let deadline = ContinuousClock.now + timeout
         let server = server
-        connection.send(Self.command("EVALSHA", script.sha1, tail), timeout: timeout) { result in
+        connection.send(evalsha, timeout: timeout) { result in
             guard case .success(.error(let message)) = result, message.hasPrefix("NOSCRIPT") else {
                 return completion(result)
             }
@@ -229,7 +243,8 @@ public final class RedisNode: RedlockNode {
                             message: "no time left for EVAL after NOSCRIPT (timeout \(timeout))",
                             outcomeUnknown: false)))
             }
-            connection.send(Self.command("EVAL", script.source, tail), timeout: left, completion: completion)
+            let eval = Self.command("EVAL", script.source, evalsha.droppingFirst(2))
+            connection.send(eval, timeout: left, completion: completion)
         }
     }
 

@@ -65,9 +65,6 @@ final class ConnectionCore: @unchecked Sendable {
     private var lastError: RedisConnectionError?
     private var reportedConnected: Bool?
 
-    /// Marks the queues connections run on, so a call made on its own queue needs no hop.
-    private static let queueKey = DispatchSpecificKey<ObjectIdentifier>()
-
     /// Scratch space for formatting commands (RESP), reused so a command costs no allocation here.
     private var formatBuffer: [UInt8] = []
 
@@ -82,7 +79,8 @@ final class ConnectionCore: @unchecked Sendable {
         self.observer = observer
         serverName = server.description
         let queue = queue ?? DispatchQueue(label: "multiredlock.redis.\(server.description)")
-        queue.setSpecific(key: Self.queueKey, value: ObjectIdentifier(queue))
+        // Marks the queue (see isOnQueue) and holds its write batches.
+        _ = WriteBatch.of(queue)
         self.queue = queue
         timer = DispatchSource.makeTimerSource(queue: queue)
         timer.setEventHandler { [weak self] in self?.timerFired() }
@@ -130,7 +128,7 @@ final class ConnectionCore: @unchecked Sendable {
 
     /// Whether the caller runs on this connection's queue (then it may call in directly).
     var isOnQueue: Bool {
-        DispatchQueue.getSpecific(key: Self.queueKey) == ObjectIdentifier(queue)
+        WriteBatch.current?.queueID == ObjectIdentifier(queue)
     }
 
     private func enqueue(_ command: RedisCommand, _ pending: Pending) {

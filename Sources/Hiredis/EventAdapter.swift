@@ -158,8 +158,9 @@ final class EventAdapter: @unchecked Sendable {
         // See addRead.
     }
 
-    /// hiredis has buffered a command. Once connected, flush at the end of this queue turn instead
-    /// of waiting for writability, so commands issued in one turn leave in one write(2).
+    /// hiredis has buffered a command. Once connected, flush at the end of the write batch running
+    /// on this queue (``WriteBatch``), or else at the end of this queue turn, instead of waiting for
+    /// writability, so commands issued in one turn leave in one write(2).
     /// While connecting, and when a flush could not write everything, wait for writability.
     private func addWrite() {
         guard let watch else { return }
@@ -167,7 +168,9 @@ final class EventAdapter: @unchecked Sendable {
             watch.setWantsWrite(true)
         } else if !flushScheduled {
             flushScheduled = true
-            queue.async { [weak self] in self?.flush() }
+            if !WriteBatch.take(self) {
+                queue.async { [weak self] in self?.flush() }
+            }
         }
     }
 
@@ -182,7 +185,9 @@ final class EventAdapter: @unchecked Sendable {
         closeDescriptorZero(of: context)
     }
 
-    private func flush() {
+    /// Writes what hiredis buffered (a flush scheduled by addWrite). Call on `queue`.
+    func flush() {
+        guard flushScheduled else { return }
         flushScheduled = false
         handleWrite()
     }

@@ -1,30 +1,28 @@
-/// One Redis command: an array of binary-safe arguments, sent with `redisAsyncCommandArgv`.
+/// One Redis command: an array of binary-safe arguments, sent as RESP (the Redis protocol) with
+/// `redisAsyncFormattedCommand`.
 ///
-/// The arguments live in one contiguous buffer, so building a command costs two allocations
-/// however many arguments it has.
+/// The arguments are kept already in RESP (`$<length>\r\n<bytes>\r\n` each) in one contiguous
+/// buffer: building a command costs one allocation however many arguments it has, and sending it
+/// is one header and one copy.
 public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, CustomStringConvertible {
-    private var bytes: [UInt8] = []
-    private var lengths: [Int] = []
+    /// The arguments in RESP, without the `*<count>` header.
+    private var body: [UInt8] = []
+    /// The number of arguments, command name included.
+    public private(set) var count = 0
 
     /// A command from text arguments, e.g. `RedisCommand(["SET", "key", "value"])`.
     public init(_ arguments: [String]) {
         var total = 0
-        for argument in arguments { total += argument.utf8.count }
-        bytes.reserveCapacity(total)
-        lengths.reserveCapacity(arguments.count)
+        for argument in arguments { total += argument.utf8.count + Self.overhead }
+        body.reserveCapacity(total)
         for argument in arguments { append(argument) }
-    }
-
-    /// An empty command with room for `count` arguments of `byteCount` bytes in all; fill it with
-    /// ``append(_:)``.
-    public init(reservingArguments count: Int, bytes byteCount: Int) {
-        bytes.reserveCapacity(byteCount)
-        lengths.reserveCapacity(count)
     }
 
     /// A command from binary arguments; any byte, NUL included, is allowed.
     public init(bytes arguments: [[UInt8]]) {
-        lengths.reserveCapacity(arguments.count)
+        var total = 0
+        for argument in arguments { total += argument.count + Self.overhead }
+        body.reserveCapacity(total)
         for argument in arguments { append(bytes: argument) }
     }
 
@@ -32,21 +30,84 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
         self.init(elements)
     }
 
+    /// An empty command with room for arguments of `byteCount` bytes in all (RESP framing is
+    /// counted here); fill it with ``append(_:)``. For callers in this package that build a command
+    /// on every operation in one allocation.
+    package init(reservingBytes byteCount: Int) {
+        body.reserveCapacity(byteCount + 4 * Self.overhead)
+    }
+
+    /// Appends every argument of `other`, in order.
+    package mutating func append(contentsOf other: RedisCommand) {
+        body.append(contentsOf: other.body)
+        count += other.count
+    }
+
+    /// The command without its first `count` arguments (e.g. a script call's tail).
+    package func droppingFirst(_ count: Int) -> RedisCommand {
+        var start = 0
+        var dropped = 0
+        while dropped < count, let (_, next) = argument(at: start) {
+            start = next
+            dropped += 1
+        }
+        var rest = RedisCommand([])
+        rest.body = Array(body[start...])
+        rest.count = self.count - dropped
+        return rest
+    }
+
+    /// The bytes this command's arguments take in RESP (to reserve room for them).
+    package var byteCount: Int { body.count }
+
+    /// The most bytes RESP adds around one argument: `$`, up to 19 digits, and two CRLFs.
+    private static let overhead = 24
+
     /// Appends a text argument.
     public mutating func append(_ argument: String) {
-        let before = bytes.count
-        bytes.append(contentsOf: argument.utf8)
-        lengths.append(bytes.count - before)
+        var argument = argument
+        argument.withUTF8 { append(raw: UnsafeRawBufferPointer($0)) }
     }
 
     /// Appends a binary argument.
     public mutating func append(bytes argument: [UInt8]) {
-        bytes.append(contentsOf: argument)
-        lengths.append(argument.count)
+        argument.withUnsafeBytes { append(raw: $0) }
     }
 
-    /// The number of arguments, command name included.
-    public var count: Int { lengths.count }
+    private mutating func append(raw argument: UnsafeRawBufferPointer) {
+        Self.appendHeader(UInt8(ascii: "$"), argument.count, to: &body)
+        body.append(contentsOf: argument)
+        body.append(13)
+        body.append(10)
+        count += 1
+    }
+
+    /// The bytes of the argument whose `$` header starts at `index` in the body, and where the next
+    /// one starts; nil past the last argument.
+    private func argument(at index: Int) -> (Range<Int>, next: Int)? {
+        guard index < body.count else { return nil }
+        // `$<length>\r\n<bytes>\r\n`: the length's digits run from after the mark up to the CR.
+        var length = 0
+        var cursor = index + 1
+        while body[cursor] != 13 {
+            length = length * 10 + Int(body[cursor] &- UInt8(ascii: "0"))
+            cursor += 1
+        }
+        let start = cursor + 2
+        return (start..<start + length, start + length + 2)
+    }
+
+    /// The arguments, decoded back from the RESP body (for logs; not on the sending path).
+    private var arguments: [ArraySlice<UInt8>] {
+        var result: [ArraySlice<UInt8>] = []
+        result.reserveCapacity(count)
+        var index = 0
+        while let (range, next) = argument(at: index) {
+            result.append(body[range])
+            index = next
+        }
+        return result
+    }
 
     /// The command name and arguments, for logs, with secrets masked as `***`: every argument of
     /// `AUTH`; the user name and password after `AUTH` in `HELLO`; the password after `AUTH` (one
@@ -54,12 +115,7 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
     /// `CONFIG SET`; the password rules of `ACL SETUSER` (`>pass`, `<pass`, `#hash`, `!hash` show as
     /// `>***` and so on); the value of `auth-pass` in `SENTINEL SET`.
     public var description: String {
-        var parts: [String] = []
-        var offset = 0
-        for length in lengths {
-            parts.append(String(decoding: bytes[offset..<offset + length], as: UTF8.self))
-            offset += length
-        }
+        var parts = arguments.map { String(decoding: $0, as: UTF8.self) }
         for index in Self.secretIndices(of: parts.map { $0.uppercased() }) {
             let part = parts[index]
             if let first = part.first, index > 0, "><#!".contains(first), Self.isACLSetUser(parts) {
@@ -132,15 +188,31 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
     /// from the reply queue; SSUBSCRIBE (Redis 7) puts the server into pub/sub mode without hiredis
     /// knowing, and `CLIENT REPLY OFF|SKIP` suppresses replies. Each breaks one-reply-per-command.
     var unsupportedReason: String? {
-        guard let length = lengths.first, length > 0, length <= 16 else { return nil }
-        var name = String(decoding: bytes[0..<length], as: UTF8.self).lowercased()
+        // Runs for every command sent: decodes the name only when its length and first letter are
+        // those of a name below (with or without the leading "p"), so SET, EVAL and EVALSHA
+        // allocate nothing here.
+        guard let (first, next) = argument(at: 0) else { return nil }
+        switch first.count {
+        case 6, 7, 8, 9, 10, 11, 12, 13: break
+        default: return nil
+        }
+        // The refused names start with s, u, m or c, after an optional p (either case): EVALSHA
+        // (7 letters) stops here too.
+        var letter = body[first.lowerBound] | 0x20
+        if letter == UInt8(ascii: "p") { letter = body[first.lowerBound + 1] | 0x20 }
+        switch letter {
+        case UInt8(ascii: "s"), UInt8(ascii: "u"), UInt8(ascii: "m"), UInt8(ascii: "c"): break
+        default: return nil
+        }
+        var name = String(decoding: body[first], as: UTF8.self).lowercased()
         if name.hasPrefix("p") { name.removeFirst() }
         switch name {
         case "subscribe", "unsubscribe", "ssubscribe", "sunsubscribe", "monitor":
             return
                 "pub/sub and MONITOR commands are not supported: the connection answers one reply per command"
-        case "client" where lengths.count > 1 && lengths[1] == 5:
-            let sub = String(decoding: bytes[length..<length + 5], as: UTF8.self).lowercased()
+        case "client":
+            guard let (second, _) = argument(at: next), second.count == 5 else { return nil }
+            let sub = String(decoding: body[second], as: UTF8.self).lowercased()
             return sub == "reply"
                 ? "CLIENT REPLY is not supported: the connection answers one reply per command" : nil
         default:
@@ -149,21 +221,12 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
     }
 
     /// Appends the command in RESP, the Redis protocol: `*<count>\r\n` then `$<length>\r\n<bytes>\r\n`
-    /// for each argument. Copies whole runs of bytes: no per-byte appends, no allocation when
-    /// `buffer` has room (the connection reuses one).
+    /// for each argument, already formatted: one header and one copy, no allocation when `buffer`
+    /// has room (the connection reuses one).
     func format(into buffer: inout [UInt8]) {
-        buffer.reserveCapacity(buffer.count + bytes.count + 24 * (lengths.count + 1))
-        Self.appendHeader(UInt8(ascii: "*"), lengths.count, to: &buffer)
-        bytes.withUnsafeBufferPointer { source in
-            var offset = 0
-            for length in lengths {
-                Self.appendHeader(UInt8(ascii: "$"), length, to: &buffer)
-                buffer.append(contentsOf: UnsafeBufferPointer(rebasing: source[offset..<offset + length]))
-                buffer.append(13)
-                buffer.append(10)
-                offset += length
-            }
-        }
+        buffer.reserveCapacity(buffer.count + body.count + Self.overhead)
+        Self.appendHeader(UInt8(ascii: "*"), count, to: &buffer)
+        buffer.append(contentsOf: body)
     }
 
     /// Appends `mark`, `value` in decimal (not negative: a count or a length), then CRLF, in one copy.
@@ -184,30 +247,6 @@ public struct RedisCommand: Sendable, Hashable, ExpressibleByArrayLiteral, Custo
             index -= 1
             scratch[index] = mark
             buffer.append(contentsOf: UnsafeBufferPointer(rebasing: scratch[index...]))
-        }
-    }
-
-    /// Calls `body` with hiredis's `argc`, `argv` and `argvlen` for this command.
-    func withArgv<Result>(
-        _ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> Result
-    ) -> Result {
-        let count = lengths.count
-        return withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>?.self, capacity: max(count, 1)) {
-            argv in
-            bytes.withUnsafeBufferPointer { storage in
-                // An empty buffer has no base address; zero-length arguments still need a pointer.
-                let empty: StaticString = ""
-                let base =
-                    storage.baseAddress.map { UnsafeRawPointer($0) } ?? UnsafeRawPointer(empty.utf8Start)
-                var offset = 0
-                for index in 0..<count {
-                    argv[index] = (base + offset).assumingMemoryBound(to: CChar.self)
-                    offset += lengths[index]
-                }
-                return lengths.withUnsafeBufferPointer { lens in
-                    body(Int32(count), argv.baseAddress!, lens.baseAddress!)
-                }
-            }
         }
     }
 }

@@ -151,7 +151,12 @@ final class SocketWatcher: @unchecked Sendable {
                 }
             }
             for (watch, bits) in ready {
-                watch.queue.async { watch.deliver(bits) }
+                // Counted, so that a batch sent meanwhile is queued behind it (WriteBatch).
+                watch.batch.outstanding.add(1, ordering: .relaxed)
+                watch.queue.async {
+                    watch.deliver(bits)
+                    watch.batch.outstanding.subtract(1, ordering: .releasing)
+                }
             }
             ready.removeAll(keepingCapacity: true)
         }
@@ -162,11 +167,13 @@ final class SocketWatcher: @unchecked Sendable {
 /// when it reports an event, and `deliver` re-arms it after the handlers ran, so a connection
 /// handles one event at a time, on its queue. Everything below is touched only on `queue`.
 // @unchecked Sendable: the mutable state is touched only on `queue` (the connection's serial queue);
-// the watcher thread reads only the immutable `id` and `queue`.
+// the watcher thread reads only the immutable `id`, `queue` and `batch`.
 final class Watch: @unchecked Sendable {
     let id: UInt64
     let descriptor: Int32
     let queue: DispatchQueue
+    /// The queue's shared state: its count of outstanding work items.
+    let batch: WriteBatch
     private let watcher: SocketWatcher
     private var onReadable: (() -> Void)?
     private var onWritable: (() -> Void)?
@@ -184,6 +191,7 @@ final class Watch: @unchecked Sendable {
         self.id = id
         self.descriptor = descriptor
         self.queue = queue
+        batch = WriteBatch.of(queue)
         self.watcher = watcher
         self.wantsWrite = wantsWrite
         self.onReadable = onReadable

@@ -73,7 +73,14 @@ public final class RedisNode: FencingRedlockNode {
         key: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        let command: RedisCommand = ["SET", key, value, "NX", "PX", String(ttl.wholeMilliseconds)]
+        // Built straight into the command's one RESP buffer: one allocation.
+        var command = RedisCommand(reservingBytes: key.utf8.count + value.utf8.count + 64)
+        command.append("SET")
+        command.append(key)
+        command.append(value)
+        command.append("NX")
+        command.append("PX")
+        command.append(String(ttl.wholeMilliseconds))
         connection.send(command, timeout: timeout) { result in
             switch result {
             case .success(.status(let status)) where status == "OK": completion(.succeeded)
@@ -91,7 +98,7 @@ public final class RedisNode: FencingRedlockNode {
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
         run(
-            Scripts.extend, key: key, arguments: [value, String(ttl.wholeMilliseconds)], timeout: timeout,
+            Scripts.extend, key: key, value, String(ttl.wholeMilliseconds), timeout: timeout,
             completion)
     }
 
@@ -99,7 +106,7 @@ public final class RedisNode: FencingRedlockNode {
         key: String, value: String, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        run(Scripts.release, key: key, arguments: [value], timeout: timeout, completion)
+        run(Scripts.release, key: key, value, timeout: timeout, completion)
     }
 
     public func close() async {
@@ -146,7 +153,7 @@ public final class RedisNode: FencingRedlockNode {
         key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
         completion: @escaping @Sendable (NodeResult, Int64) -> Void
     ) {
-        let tail = ["2", key, counterKey, value, String(ttl.wholeMilliseconds)]
+        let tail = RedisCommand(["2", key, counterKey, value, String(ttl.wholeMilliseconds)])
         evaluate(Scripts.acquireFenced, tail, timeout: timeout) { result in
             switch result {
             case .success(.integer(let counter)) where counter >= 0:
@@ -168,22 +175,35 @@ public final class RedisNode: FencingRedlockNode {
 
     /// EVALSHA, falling back to EVAL on NOSCRIPT. The script answers 1 (done) or 0 (not held).
     private func run(
-        _ script: Script, key: String, arguments: [String], timeout: Duration,
+        _ script: Script, key: String, _ first: String, _ second: String? = nil, timeout: Duration,
         _ completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        run(script, keys: [key], arguments: arguments, timeout: timeout, completion)
+        // EVALSHA, the SHA1, numkeys, the key and the arguments, straight into one RESP buffer: one
+        // allocation (the NOSCRIPT fallback takes the tail from it).
+        var command = RedisCommand(
+            reservingBytes: 64 + key.utf8.count + first.utf8.count + (second?.utf8.count ?? 0))
+        command.append("EVALSHA")
+        command.append(script.sha1)
+        command.append("1")
+        command.append(key)
+        command.append(first)
+        if let second { command.append(second) }
+        evaluate(script, evalsha: command, timeout: timeout) { completion(Self.scriptResult($0)) }
     }
 
     private func run(
         _ script: Script, keys: [String], arguments: [String], timeout: Duration,
         _ completion: @escaping @Sendable (NodeResult) -> Void
     ) {
-        evaluate(script, [String(keys.count)] + keys + arguments, timeout: timeout) {
+        var tail = RedisCommand([String(keys.count)])
+        for key in keys { tail.append(key) }
+        for argument in arguments { tail.append(argument) }
+        evaluate(script, tail, timeout: timeout) {
             completion(Self.scriptResult($0))
         }
     }
 
-    /// Runs `script` with `tail` (numkeys, keys, arguments), within one deadline `timeout` from now.
+    /// Runs `script` with `tail` (numkeys, keys, arguments, as a command's arguments), within one deadline `timeout` from now.
     ///
     /// A script that sets keys (``Script/setsKeys``: the acquires) is always sent as
     /// `EVAL source <tail>`. Its place among the connection's commands is then where it was sent:
@@ -202,7 +222,7 @@ public final class RedisNode: FencingRedlockNode {
     /// The fallback gets only what is left of `timeout` (one deadline per operation); when nothing
     /// is left, it fails as a timeout without being sent.
     private func evaluate(
-        _ script: Script, _ tail: [String], timeout: Duration,
+        _ script: Script, _ tail: RedisCommand, timeout: Duration,
         _ completion: @escaping @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
     ) {
         let connection = connection
@@ -211,9 +231,19 @@ public final class RedisNode: FencingRedlockNode {
                 Self.command("EVAL", script.source, tail), timeout: timeout, completion: completion)
             return
         }
+        evaluate(script, evalsha: Self.command("EVALSHA", script.sha1, tail), timeout: timeout, completion)
+    }
+
+    /// Sends `evalsha` (`EVALSHA sha1 <tail>` of a compare-and-* `script`) and, on NOSCRIPT,
+    /// `EVAL source <tail>` within what is left of `timeout` (see ``evaluate(_:_:timeout:_:)``).
+    private func evaluate(
+        _ script: Script, evalsha: RedisCommand, timeout: Duration,
+        _ completion: @escaping @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
+    ) {
+        let connection = connection
         let deadline = ContinuousClock.now + timeout
         let server = server
-        connection.send(Self.command("EVALSHA", script.sha1, tail), timeout: timeout) { result in
+        connection.send(evalsha, timeout: timeout) { result in
             guard case .success(.error(let message)) = result, message.hasPrefix("NOSCRIPT") else {
                 return completion(result)
             }
@@ -226,17 +256,17 @@ public final class RedisNode: FencingRedlockNode {
                             message: "no time left for EVAL after NOSCRIPT (timeout \(timeout))",
                             outcomeUnknown: false)))
             }
-            connection.send(Self.command("EVAL", script.source, tail), timeout: left, completion: completion)
+            let eval = Self.command("EVAL", script.source, evalsha.droppingFirst(2))
+            connection.send(eval, timeout: left, completion: completion)
         }
     }
 
-    private static func command(_ name: String, _ script: String, _ tail: [String]) -> RedisCommand {
-        var bytes = name.utf8.count + script.utf8.count
-        for argument in tail { bytes += argument.utf8.count }
-        var command = RedisCommand(reservingArguments: tail.count + 2, bytes: bytes)
+    /// `name script <tail>` in one RESP buffer, one allocation.
+    private static func command(_ name: String, _ script: String, _ tail: RedisCommand) -> RedisCommand {
+        var command = RedisCommand(reservingBytes: name.utf8.count + script.utf8.count + tail.byteCount)
         command.append(name)
         command.append(script)
-        for argument in tail { command.append(argument) }
+        command.append(contentsOf: tail)
         return command
     }
 

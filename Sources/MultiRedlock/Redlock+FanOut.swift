@@ -47,9 +47,10 @@ extension Redlock {
                         }
                     }
                 }
-                // One hop to the nodes' shared queue; there each command goes straight to hiredis,
-                // and all of them leave in the flush at the end of that queue turn.
-                if let ioQueue { ioQueue.async(execute: send) } else { send() }
+                // One write batch on the nodes' shared queue (run on this thread when the queue is
+                // idle): each command goes straight to hiredis, and all of them are written when
+                // `send` returns, with no queue turn per node for the flush.
+                if let ioQueue { RedisConnection.batch(on: ioQueue, send) } else { send() }
             }
         } onCancel: {
             if cancellable { round.finishEarly() }

@@ -26,16 +26,11 @@ private func parse(_ resp: String) throws -> RedisReply {
     try parse(Array(resp.utf8))
 }
 
-/// The bytes hiredis sends for `command` (`redisFormatCommandArgv` fed with the command's argv).
+/// The bytes the connection hands to hiredis for `command`.
 private func wireFormat(of command: RedisCommand) throws -> [UInt8] {
-    var target: UnsafeMutablePointer<CChar>?
-    let length = command.withArgv { argc, argv, lengths in
-        redisFormatCommandArgv(&target, argc, argv, lengths)
-    }
-    let formatted = try #require(target)
-    defer { redisFreeCommand(formatted) }
-    try #require(length >= 0)
-    return Array(UnsafeRawBufferPointer(start: formatted, count: Int(length)))
+    var buffer: [UInt8] = []
+    command.format(into: &buffer)
+    return buffer
 }
 
 @Suite("RedisReply and RedisCommand (no server)")

@@ -1,6 +1,7 @@
 import Dispatch
 import LocalRedis
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import Hiredis
@@ -32,11 +33,11 @@ struct WriteBatchTests {
             usleep(3_000_000)
         }
         let checker = try RedisConnection(server: server.address(), options: .patient)
-        let arrived = await eventually(within: .seconds(2)) {
+        let arrived = await eventually(timeout: .seconds(2)) {
             (try? await checker.send(["GET", key])) == .bulk("1")
         }
         #expect(arrived, "the batch's SET did not reach the server while the queue was held")
-        #expect(await eventually(within: .seconds(10)) { answered.load(ordering: .relaxed) })
+        #expect(await eventually(timeout: .seconds(10)) { answered.load(ordering: .relaxed) })
         await checker.close()
         await connection.close()
     }
@@ -82,7 +83,7 @@ struct WriteBatchTests {
             usleep(100_000)
             RedisConnection.batch(on: first) { finished.add(1, ordering: .relaxed) }
         }
-        #expect(await eventually(within: .seconds(10)) { finished.load(ordering: .relaxed) == 2 })
+        #expect(await eventually(timeout: .seconds(10)) { finished.load(ordering: .relaxed) == 2 })
         await one.close()
         await two.close()
     }

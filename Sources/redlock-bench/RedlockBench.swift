@@ -1,7 +1,6 @@
 import ArgumentParser
 import Dispatch
 import MultiRedlock
-import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -136,7 +135,7 @@ struct RedlockBench: ParsableCommand {
         let configuration = try resolve()
         let bench = Bench(configuration: configuration)
         if meta { bench.emitMeta() }
-        let failures = Mutex(0)
+        let failures = Locked(0)
         let done = DispatchSemaphore(value: 0)
         Task {
             for scenario in configuration.scenarios {

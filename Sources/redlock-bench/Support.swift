@@ -1,6 +1,6 @@
+import Hiredis
 import Histogram
 import JSONText
-import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -35,13 +35,13 @@ final class LatencyRecorder: Sendable {
         var lock: Histogram<UInt64>
     }
 
-    private let state: Mutex<Snapshot>
+    private let state: Locked<Snapshot>
 
     init() {
         let empty = Histogram<UInt64>(
             lowestDiscernibleValue: 1, highestTrackableValue: Self.ceiling,
             numberOfSignificantValueDigits: .three)
-        state = Mutex(Snapshot(cycle: empty, lock: empty))
+        state = Locked(Snapshot(cycle: empty, lock: empty))
     }
 
     func record(cycle: UInt64, lock: UInt64) {

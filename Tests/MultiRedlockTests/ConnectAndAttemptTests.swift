@@ -15,7 +15,7 @@ private func disconnectedNodes(_ count: Int) -> [MockRedlockNode] {
 
 /// Collects what ``RedlockOptions/onAttempt`` reports.
 private final class AttemptRecorder: Sendable {
-    private let attempts = Mutex<[AcquireAttempt]>([])
+    private let attempts = Locked<[AcquireAttempt]>([])
     var all: [AcquireAttempt] { attempts.withLock { $0 } }
     func record(_ attempt: AcquireAttempt) { attempts.withLock { $0.append(attempt) } }
 }

@@ -1,6 +1,5 @@
 import MultiRedlock
 import MultiRedlockTesting
-import Synchronization
 import Testing
 
 @testable import MultiRedlock
@@ -259,7 +258,7 @@ import Testing
     }
 
     @Test func aDropMidCommandIsAConnectionLostAndTheNodeIsDown() async {
-        let states = Mutex<[Bool]>([])
+        let states = Locked<[Bool]>([])
         node.observeConnection { up in states.withLock { $0.append(up) } }
         connection.script(.drop(after: .milliseconds(50)))
         let result = await release()
@@ -298,7 +297,7 @@ import Testing
     // MARK: Connection state and restarts
 
     @Test func theNodeReportsTheConnectionAndRestarts() async throws {
-        let states = Mutex<[Bool]>([])
+        let states = Locked<[Bool]>([])
         node.observeConnection { up in states.withLock { $0.append(up) } }
         #expect(node.isConnected && node.serverID == "scripted-run-1" && node.timeSinceRestart == nil)
         #expect(node.name == "10.0.0.9:7000")

@@ -37,7 +37,7 @@ extension Redlock {
     /// throw or cancellation).
     ///
     /// While the body runs, the lock is renewed in the background a third of the way through each
-    /// validity (``RedlockOptions/Tuning/renewLeaving``). When renewing fails until the validity runs out (or a quorum says the lock is no
+    /// validity. When renewing fails until the validity runs out (or a quorum says the lock is no
     /// longer held, or ``RedlockOptions/maxHold`` is reached), the body's task is **cancelled**, and
     /// `withLock` throws ``RedlockError/Kind/lost`` once the body returns. Inside the body,
     /// ``HeldLock/isValid`` and ``HeldLock/remainingValidity`` tell how things stand.

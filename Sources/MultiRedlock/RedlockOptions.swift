@@ -83,7 +83,7 @@ public struct RedlockOptions: Sendable {
     /// and do not block. The default, nil, reports nothing (and costs nothing).
     public var onAttempt: (@Sendable (AcquireAttempt) -> Void)?
 
-    /// The library's fixed timings and bounds, named in one place (``Tuning``). Not public: the
+    /// The library's fixed timings and bounds, named in one place (`Tuning`). Not public: the
     /// defaults always; tests shorten or lengthen some of them.
     var tuning = Tuning()
 

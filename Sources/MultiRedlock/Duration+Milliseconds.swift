@@ -23,7 +23,8 @@ extension Duration {
         return .nanoseconds(Int64.random(in: 0...nanoseconds))
     }
 
-    var nanosecondsClamped: Int64 {
+    /// The duration in whole nanoseconds, clamped to `Int64`'s range.
+    package var nanosecondsClamped: Int64 {
         let (seconds, attoseconds) = components
         let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         let (sum, sumOverflow) = product.addingReportingOverflow(attoseconds / 1_000_000_000)

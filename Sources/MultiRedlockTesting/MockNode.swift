@@ -180,14 +180,14 @@ public final class MockRedlockNode: FencingRedlockNode {
             )
             switch call {
             case .acquire(let key, let value, let ttl):
-                let milliseconds = ttl.mockWholeMilliseconds
+                let milliseconds = ttl.wholeMilliseconds
                 guard milliseconds > 0 else { return invalidExpireTime }
                 if entry(key, now: now) != nil { return (.refused, 0) }
                 store[key] = Entry(value: value, expiresAt: now + .milliseconds(milliseconds))
                 return (.succeeded, 0)
             case .extend(let key, let value, let ttl):
                 guard entry(key, now: now)?.value == value else { return (.refused, 0) }
-                pexpire(key, ttl.mockWholeMilliseconds, now: now)
+                pexpire(key, ttl.wholeMilliseconds, now: now)
                 return (.succeeded, 0)
             case .release(let key, let value):
                 guard entry(key, now: now)?.value == value else { return (.refused, 0) }
@@ -195,7 +195,7 @@ public final class MockRedlockNode: FencingRedlockNode {
                 return (.succeeded, 0)
             case .acquireAll(let keys, let value, let ttl):
                 if keys.contains(where: { entry($0, now: now) != nil }) { return (.refused, 0) }
-                let milliseconds = ttl.mockWholeMilliseconds
+                let milliseconds = ttl.wholeMilliseconds
                 guard milliseconds > 0 || keys.isEmpty else { return invalidExpireTime }
                 for key in keys {
                     store[key] = Entry(value: value, expiresAt: now + .milliseconds(milliseconds))
@@ -203,7 +203,7 @@ public final class MockRedlockNode: FencingRedlockNode {
                 return (.succeeded, 0)
             case .extendAll(let keys, let value, let ttl):
                 guard keys.allSatisfy({ entry($0, now: now)?.value == value }) else { return (.refused, 0) }
-                for key in keys { pexpire(key, ttl.mockWholeMilliseconds, now: now) }
+                for key in keys { pexpire(key, ttl.wholeMilliseconds, now: now) }
                 return (.succeeded, 0)
             case .releaseAll(let keys, let value):
                 var released = 0
@@ -213,7 +213,7 @@ public final class MockRedlockNode: FencingRedlockNode {
                 }
                 return (released > 0 ? .succeeded : .refused, 0)
             case .acquireFenced(let key, let counterKey, let value, let ttl):
-                let milliseconds = ttl.mockWholeMilliseconds
+                let milliseconds = ttl.wholeMilliseconds
                 guard milliseconds > 0 else { return invalidExpireTime }
                 if entry(key, now: now) != nil { return (.refused, 0) }
                 store[key] = Entry(value: value, expiresAt: now + .milliseconds(milliseconds))
@@ -601,27 +601,7 @@ public final class MockRedlockNode: FencingRedlockNode {
     }
 
     private func after(_ delay: Duration, _ work: @escaping @Sendable () -> Void) {
-        let nanoseconds = max(0, Int(clamping: delay.mockWholeNanoseconds))
+        let nanoseconds = max(0, Int(clamping: delay.nanosecondsClamped))
         DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanoseconds), execute: work)
-    }
-}
-
-extension Duration {
-    /// The duration in whole milliseconds, rounded toward zero, as sent to Redis; saturating.
-    fileprivate var mockWholeMilliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1000)
-        if overflow { return seconds < 0 ? .min : .max }
-        let (sum, sumOverflow) = product.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
-        return sumOverflow ? .max : sum
-    }
-
-    /// The duration in whole nanoseconds, saturating.
-    fileprivate var mockWholeNanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        let (sum, sumOverflow) = product.addingReportingOverflow(attoseconds / 1_000_000_000)
-        return sumOverflow ? .max : sum
     }
 }

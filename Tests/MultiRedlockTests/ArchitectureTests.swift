@@ -5,24 +5,9 @@ import Testing
 @testable import MultiRedlock
 
 /// A node that can lock but not issue fencing tokens (no ``FencingRedlockNode``).
-private final class PlainNode: RedlockNode {
+private final class PlainNode: ForwardingNode {
     let inner: MockRedlockNode
     init(_ inner: MockRedlockNode) { self.inner = inner }
-    var name: String { inner.name }
-    var isConnected: Bool { inner.isConnected }
-    func acquire(
-        keys: [String], value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) { inner.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion) }
-    func extend(
-        keys: [String], value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) { inner.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion) }
-    func release(
-        keys: [String], value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
-    ) { inner.release(keys: keys, value: value, timeout: timeout, completion: completion) }
-    func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void) { inner.observeConnection(handler) }
-    func close() async { await inner.close() }
 }
 
 @Suite("node capabilities and close")

@@ -471,45 +471,13 @@ private func kind(of operation: () async throws -> some Any) async -> RedlockErr
 }
 
 /// A fencing node whose keys expire (on every node's clock) just before the first write-back.
-private final class ExpiringBeforeWriteBack: FencingRedlockNode {
+private final class ExpiringBeforeWriteBack: ForwardingNode, FencingRedlockNode {
     let inner: MockRedlockNode
     let all: [MockRedlockNode]
 
     init(_ inner: MockRedlockNode, all: [MockRedlockNode]) {
         self.inner = inner
         self.all = all
-    }
-
-    var name: String { inner.name }
-    var isConnected: Bool { inner.isConnected }
-
-    func acquire(
-        keys: [String], value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        inner.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion)
-    }
-
-    func extend(
-        keys: [String], value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        inner.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion)
-    }
-
-    func release(
-        keys: [String], value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
-    ) {
-        inner.release(keys: keys, value: value, timeout: timeout, completion: completion)
-    }
-
-    func acquireFenced(
-        key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult, Int64) -> Void
-    ) {
-        inner.acquireFenced(
-            key: key, counterKey: counterKey, value: value, ttl: ttl, timeout: timeout, completion: completion
-        )
     }
 
     func raiseFence(
@@ -521,8 +489,4 @@ private final class ExpiringBeforeWriteBack: FencingRedlockNode {
             key: key, counterKey: counterKey, value: value, token: token, timeout: timeout,
             completion: completion)
     }
-
-    func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void) { inner.observeConnection(handler) }
-
-    func close() async { await inner.close() }
 }

@@ -186,38 +186,17 @@ private enum DispatchQueueSleep {
 
 /// A mock node whose fencing write-back (`raiseFence`) can be made to fail with an error reply,
 /// while everything else (the fenced SET included) works: "the write-back failed on this node".
-private final class WriteBackFailingNode: FencingRedlockNode {
-    let node: MockRedlockNode
+private final class WriteBackFailingNode: ForwardingNode, FencingRedlockNode {
+    let inner: MockRedlockNode
     private let failing = Atomic<Bool>(false)
 
-    init(_ node: MockRedlockNode) { self.node = node }
+    init(_ inner: MockRedlockNode) { self.inner = inner }
 
     var failsWriteBack: Bool {
         get { failing.load(ordering: .sequentiallyConsistent) }
         set { failing.store(newValue, ordering: .sequentiallyConsistent) }
     }
 
-    var name: String { node.name }
-    var isConnected: Bool { node.isConnected }
-    func acquire(
-        keys: [String], value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) { node.acquire(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion) }
-    func extend(
-        keys: [String], value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult) -> Void
-    ) { node.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: completion) }
-    func release(
-        keys: [String], value: String, timeout: Duration, completion: @escaping @Sendable (NodeResult) -> Void
-    ) { node.release(keys: keys, value: value, timeout: timeout, completion: completion) }
-    func acquireFenced(
-        key: String, counterKey: String, value: String, ttl: Duration, timeout: Duration,
-        completion: @escaping @Sendable (NodeResult, Int64) -> Void
-    ) {
-        node.acquireFenced(
-            key: key, counterKey: counterKey, value: value, ttl: ttl, timeout: timeout, completion: completion
-        )
-    }
     func raiseFence(
         key: String, counterKey: String, value: String, token: Int64, timeout: Duration,
         completion: @escaping @Sendable (NodeResult) -> Void
@@ -226,13 +205,11 @@ private final class WriteBackFailingNode: FencingRedlockNode {
             completion(
                 .failed(NodeFailure(.errorReply, "OOM command not allowed when used memory > 'maxmemory'")))
         } else {
-            node.raiseFence(
+            inner.raiseFence(
                 key: key, counterKey: counterKey, value: value, token: token, timeout: timeout,
                 completion: completion)
         }
     }
-    func observeConnection(_ handler: @escaping @Sendable (Bool) -> Void) { node.observeConnection(handler) }
-    func close() async { await node.close() }
 }
 
 @Suite("fencing write-back over mock nodes")
@@ -260,10 +237,11 @@ struct FencingWriteBackMockTests {
                 if case .failed(let failure) = $0.outcome { failure.message.contains("OOM") } else { false }
             }, "\(error)")
         // The fenced SETs went through on every node; the failed attempt's keys are released everywhere.
-        #expect(nodes.allSatisfy { $0.node.calls.contains { $0.isAcquire && $0.key == "r" } })
-        #expect(await eventually(timeout: .seconds(2)) { nodes.allSatisfy { $0.node.value(of: "r") == nil } })
+        #expect(nodes.allSatisfy { $0.inner.calls.contains { $0.isAcquire && $0.key == "r" } })
+        #expect(
+            await eventually(timeout: .seconds(2)) { nodes.allSatisfy { $0.inner.value(of: "r") == nil } })
         // The one node that stored the refused token keeps it; the others still say 1.
-        #expect(nodes.map { $0.node.value(of: counterKey) } == ["1", "1", "2"])
+        #expect(nodes.map { $0.inner.value(of: counterKey) } == ["1", "1", "2"])
 
         // One failing node of three is still a majority written: granted, with a larger token than
         // any handed out before.
@@ -271,7 +249,7 @@ struct FencingWriteBackMockTests {
         let later = try await redlock.lock("r", ttl: .seconds(10))
         #expect((later.fencingToken ?? 0) > 1, "\(later)")
         #expect(
-            nodes.filter { $0.node.value(of: counterKey) == later.fencingToken.map(String.init) }.count >= 2)
+            nodes.filter { $0.inner.value(of: counterKey) == later.fencingToken.map(String.init) }.count >= 2)
         try await redlock.release(later)
     }
 }

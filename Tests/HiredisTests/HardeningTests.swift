@@ -124,9 +124,14 @@ struct HardeningTests {
         let log = StateLog()
         // LocalRedis may hold connections of its own to the server: ours is the new one.
         let others = descriptorsConnected(toPort: server.port)
+        let queue = DispatchQueue(label: "rearm-test")
         let connection = try RedisConnection(
-            server: server.address(), options: .patient, onStateChange: log.observer)
+            server: server.address(), options: .patient, queue: queue, onStateChange: log.observer)
         #expect(try await connection.send(["PING"]) == .status("PONG"))
+        // The PING's reply resumed us from inside its socket event, whose watch is re-armed after:
+        // let that finish first, or the re-arm meets the replaced socket below and fails before
+        // the SET is sent (the SET then goes out on the new connection).
+        queue.sync {}
         let ours = descriptorsConnected(toPort: server.port).subtracting(others)
         try #require(ours.count == 1, "the connection's socket: \(ours)")
         let descriptor = ours.first!

@@ -7,8 +7,12 @@ import Synchronization
 #endif
 
 /// Tells connections when their sockets are readable or writable: one epoll instance and one thread
-/// for the whole process. The thread only waits and forwards; each event runs on the connection's
-/// own serial queue, where all its other work runs too.
+/// for the whole process. The thread waits, then hands each queue's events to it in one batch, run
+/// on the connection's own serial queue, where all its other work runs too: queued there, or, for
+/// a queue where nothing blocks (`RedisConnection.handleEventsOnWatcherThread(of:)`, which Redlock
+/// uses) and nothing of the hot paths is queued, run on this thread with `DispatchQueue.sync`,
+/// which saves waking a Dispatch worker. Nothing on a connection's queue waits for this thread, so
+/// that wait is short and cannot deadlock.
 ///
 /// Why not `DispatchSource` read and write sources, which this package used first: libdispatch's
 /// epoll backend on Linux (as shipped with Swift 6.3.1) crashed under it, three different ways.
@@ -45,6 +49,9 @@ final class SocketWatcher: @unchecked Sendable {
         var nextID: UInt64 = 1
         var watches: [UInt64: Watch] = [:]
     }
+
+    /// The watcher thread's name (15 characters: Linux's limit).
+    static let threadName = "multiredlock-io"
 
     private let epollFD: Int32
     private let table = Locked(Table())
@@ -129,6 +136,8 @@ final class SocketWatcher: @unchecked Sendable {
 
     /// The thread's loop: wait, look the batch up under one lock, hand each event to its queue.
     private func run() -> Never {
+        // Named for debuggers and for the tests that look for it ("multiredlock-io").
+        _ = CEpoll_setThreadName(SocketWatcher.threadName)
         let capacity: Int32 = 64
         var events = [epoll_event](repeating: epoll_event(), count: Int(capacity))
         // Reused for every batch: a wake-up allocates nothing here.
@@ -150,13 +159,22 @@ final class SocketWatcher: @unchecked Sendable {
                     if let watch = table.watches[event.data.u64] { ready.append((watch, event.events)) }
                 }
             }
-            for (watch, bits) in ready {
-                // Counted, so that a batch sent meanwhile is queued behind it (WriteBatch).
-                watch.batch.outstanding.add(1, ordering: .relaxed)
-                watch.queue.async {
-                    watch.deliver(bits)
-                    watch.batch.outstanding.subtract(1, ordering: .releasing)
+            // Each queue's events of this wake-up in one batch: on this thread when the queue allows
+            // it and is idle (no Dispatch worker is woken for them, and a task they resume on the
+            // queue's executor runs here too), else queued behind what runs there.
+            var start = 0
+            while start < ready.count {
+                let state = ready[start].watch.batch
+                var end = start + 1
+                for index in end..<ready.count where ready[index].watch.batch === state {
+                    ready.swapAt(index, end)
+                    end += 1
                 }
+                let events = Array(ready[start..<end])
+                RedisConnection.deliver(on: state) {
+                    for (watch, bits) in events { watch.deliver(bits) }
+                }
+                start = end
             }
             ready.removeAll(keepingCapacity: true)
         }

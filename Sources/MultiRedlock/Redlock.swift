@@ -111,6 +111,8 @@ public final class Redlock: Sendable {
         }
         var nodes: [any RedlockNode] = []
         let queue = DispatchQueue(label: "multiredlock.io")
+        // Nothing blocks on it: every completion there is the nodes' own.
+        RedisConnection.handleEventsOnWatcherThread(of: queue)
         for server in servers {
             do {
                 nodes.append(try RedisNode(server: server, options: options.connection, queue: queue))
@@ -157,6 +159,32 @@ public final class Redlock: Sendable {
         for (index, node) in nodes.enumerated() {
             node.observeConnection { [weak self] up in self?.node(index, isUp: up) }
         }
+    }
+
+    /// The executor of this Redlock's connections, for a task that takes locks often and wants them
+    /// fast: run it with `withTaskExecutorPreference(redlock.taskExecutor) { … }` (or
+    /// `Task(executorPreference: redlock.taskExecutor)`), and a reply resumes it on the thread that
+    /// read the reply, with no thread woken to run it, and the commands it sends next leave in the
+    /// same pass. On this machine that took a sequential lock-and-release cycle from about 340 to
+    /// about 230 µs (`make bench`, 3 local servers).
+    ///
+    /// Code on it runs on the connections' one serial queue: while it runs, no connection of this
+    /// Redlock reads, writes or times out. Use it for the lock calls and short work between them;
+    /// never block on it (no `sleep`, no waiting on a semaphore or a lock held elsewhere); awaiting is
+    /// fine. A Redlock over nodes of your own has no such queue: this is then the global concurrent
+    /// executor.
+    ///
+    /// ```swift
+    /// await withTaskExecutorPreference(redlock.taskExecutor) {
+    ///     for invoice in batch {
+    ///         try await redlock.withLock("invoice-\(invoice.id)", ttl: .seconds(5)) { _ in
+    ///             try await settle(invoice)
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    public var taskExecutor: any TaskExecutor {
+        ioQueue.map { ConnectionQueueExecutor.of($0) } ?? globalConcurrentExecutor
     }
 
     // MARK: Configuration and events

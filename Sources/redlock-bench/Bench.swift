@@ -45,33 +45,44 @@ struct Bench: Sendable {
     /// or saw errors.
     func run(_ scenario: Scenario) async -> Bool {
         ProcessStats.resetPeakRSS()
+        let name = configuration.onExecutor ? scenario.name + "_executor" : scenario.name
         let redlock: Redlock
         do {
             redlock = try await connect(retries: scenario == .contention ? 0 : 3)
         } catch {
-            log("\(scenario.name): \(error)")
+            log("\(name): \(error)")
             emit([
-                ("scenario", .string(scenario.name)), ("servers", .int(configuration.servers.count)),
+                ("scenario", .string(name)), ("servers", .int(configuration.servers.count)),
                 ("error", .string("\(error)")),
             ])
             return false
         }
-        log("\(scenario.name): running against \(configuration.servers.count) servers")
+        log("\(name): running against \(configuration.servers.count) servers")
         var measurement: Measurement
-        switch scenario {
-        case .roundtrip: measurement = await roundtrip(redlock)
-        case .sequential: measurement = await sequential(redlock)
-        case .concurrent(let tasks): measurement = await concurrent(redlock, tasks: tasks)
-        case .contention: measurement = await contention(redlock)
+        if configuration.onExecutor {
+            measurement = await withTaskExecutorPreference(redlock.taskExecutor) {
+                await measure(scenario, redlock)
+            }
+        } else {
+            measurement = await measure(scenario, redlock)
         }
         measurement.peakRSSKilobytes = ProcessStats.peakRSSKilobytes
         measurement.rssKilobytes = ProcessStats.rssKilobytes
         await redlock.close()
-        emit(measurement.fields(scenario: scenario.name, servers: configuration.servers.count))
+        emit(measurement.fields(scenario: name, servers: configuration.servers.count))
         log(
-            "\(scenario.name): \(measurement.tally.cycles) cycles, \(measurement.tally.failed) failed, "
+            "\(name): \(measurement.tally.cycles) cycles, \(measurement.tally.failed) failed, "
                 + "\(measurement.tally.errors) errors in \(measurement.seconds) s")
         return measurement.tally.errors == 0 && measurement.mutexViolations == 0
+    }
+
+    private func measure(_ scenario: Scenario, _ redlock: Redlock) async -> Measurement {
+        switch scenario {
+        case .roundtrip: await roundtrip(redlock)
+        case .sequential: await sequential(redlock)
+        case .concurrent(let tasks): await concurrent(redlock, tasks: tasks)
+        case .contention: await contention(redlock)
+        }
     }
 
     // MARK: Scenarios

@@ -128,6 +128,14 @@ struct RedlockBench: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Print the _meta line first.")
     var meta = true
 
+    @Flag(
+        name: .customLong("on-executor"),
+        help: """
+            Run each scenario's tasks on the Redlock's taskExecutor (withTaskExecutorPreference); \
+            its lines are named SCENARIO_executor. Env: REDLOCK_BENCH_ON_EXECUTOR=1.
+            """)
+    var onExecutor = false
+
     /// Runs the scenarios in a task while the main thread waits on a semaphore. (An async `main`
     /// parks the main thread in `dispatch_main`, whose `sigsuspend` valgrind cannot run: this way
     /// the bench also runs under callgrind.)
@@ -201,7 +209,8 @@ struct RedlockBench: ParsableCommand {
             connectTimeoutSeconds: try environment.pick(
                 connectTimeoutSeconds, "REDLOCK_BENCH_CONNECT_TIMEOUT_S", 10),
             libraryVersion: try environment.pick(libraryVersion, "REDLOCK_BENCH_LIBRARY_VERSION", "unknown"),
-            runID: runIdentifier())
+            runID: runIdentifier(),
+            onExecutor: onExecutor || environment.value("REDLOCK_BENCH_ON_EXECUTOR") == "1")
         try configuration.validate()
         return configuration
     }
@@ -228,6 +237,8 @@ struct BenchConfiguration: Sendable {
     var connectTimeoutSeconds: Double
     var libraryVersion: String
     var runID: String
+    /// Whether the scenarios run on the Redlock's taskExecutor.
+    var onExecutor: Bool
 
     var ttl: Duration { .milliseconds(ttlMilliseconds) }
 

@@ -12,4 +12,8 @@ static inline int CHiredis_REDIS_CONNECTED(const redisAsyncContext *ac) {
     return (ac->c.flags & REDIS_CONNECTED) != 0;
 }
 
+/// Runs the callbacks of the replies the reader has complete. Exported by libhiredis 0.14.1
+/// (async.c, what redisAsyncHandleRead calls after reading) but not declared in its headers.
+void redisProcessCallbacks(redisAsyncContext *ac);
+
 #endif

@@ -100,30 +100,55 @@ final class EventAdapter: @unchecked Sendable {
         let message: String
     }
 
+    /// Reads what the socket has and hands it to hiredis, until a read comes back short (the watch
+    /// is edge-triggered: no event comes for data already there). Once connected the adapter
+    /// reads itself, into its queue's buffer, instead of through `redisAsyncHandleRead`: it then
+    /// knows each read's size for `maxReplyBytes` and sees the first byte of data that no command
+    /// asked for, without a FIONREAD and a MSG_PEEK call per event.
     private func handleRead() {
         guard let watch, !failed else { return }
-        var available: Int32 = 0
-        if ioctl(watch.descriptor, UInt(FIONREAD), &available) != 0 { available = 0 }
-        // hiredis 0.14.1 is built with assertions (Debian keeps them: libhiredis.so imports
-        // __assert_fail), and asserts that a reply with no callback waiting is an error reply:
-        // anything else from the server while nothing is in flight would abort the process. Peek
-        // at it first and drop the connection instead. (Several replies in one read, more than the
-        // commands in flight, still reach that assert: see RedisConnection's notes.)
-        if available > 0, context.pointee.replies.head == nil {
-            var first: UInt8 = 0
-            if recv(watch.descriptor, &first, 1, Int32(MSG_PEEK)) == 1, first != UInt8(ascii: "-") {
-                fail(.connectionLost, "the server sent \(available) bytes no command asked for")
-                return
-            }
+        // While connecting hiredis reads itself (it completes the connect first); it reads 16 KiB
+        // at most, so once connected the rest is read below.
+        if CHiredis_REDIS_CONNECTED(context) == 0 {
+            redisAsyncHandleRead(context)
+            guard self.watch != nil, !failed, CHiredis_REDIS_CONNECTED(context) != 0 else { return }
         }
-        // hiredis reads at most 16 KiB per call.
-        bytesSinceReply += min(Int(available), 16 * 1024)
-        redisAsyncHandleRead(context)
-        guard self.watch != nil else { return }
-        if bytesSinceReply > maxReplyBytes, context.pointee.replies.head != nil {
-            fail(
-                .replyTooLarge,
-                "a reply grew past \(maxReplyBytes) bytes (maxReplyBytes); the connection was dropped")
+        let buffer = watch.batch.readBuffer
+        while true {
+            let count = read(watch.descriptor, buffer.baseAddress, buffer.count)
+            if count < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                if code == EAGAIN || code == EWOULDBLOCK { return }
+                return fail(
+                    .connectionLost, "cannot read from the server: \(String(cString: strerror(code)))")
+            }
+            // The end of the stream: hiredis reads it again and drops the connection its own way.
+            if count == 0 { return redisAsyncHandleRead(context) }
+            // hiredis 0.14.1 is built with assertions (Debian keeps them: libhiredis.so imports
+            // __assert_fail), and asserts that a reply with no callback waiting is an error reply:
+            // anything else from the server while nothing is in flight would abort the process.
+            // Drop the connection instead. (Several replies in one read, more than the commands in
+            // flight, still reach that assert: see RedisConnection's notes.)
+            if context.pointee.replies.head == nil, buffer.load(as: UInt8.self) != UInt8(ascii: "-") {
+                return fail(.connectionLost, "the server sent \(count) bytes no command asked for")
+            }
+            bytesSinceReply += count
+            guard
+                redisReaderFeed(
+                    context.pointee.c.reader, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), count)
+                    == REDIS_OK
+            else {
+                return fail(.connectionLost, "hiredis could not take the data read from the server")
+            }
+            redisProcessCallbacks(context)
+            guard self.watch != nil, !failed else { return }
+            if bytesSinceReply > maxReplyBytes, context.pointee.replies.head != nil {
+                return fail(
+                    .replyTooLarge,
+                    "a reply grew past \(maxReplyBytes) bytes (maxReplyBytes); the connection was dropped")
+            }
+            if count < buffer.count { return }
         }
     }
 

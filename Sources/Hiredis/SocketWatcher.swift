@@ -181,9 +181,13 @@ final class SocketWatcher: @unchecked Sendable {
     }
 }
 
-/// One socket's registration with the ``SocketWatcher``. Armed one-shot: the kernel disarms it
-/// when it reports an event, and `deliver` re-arms it after the handlers ran, so a connection
-/// handles one event at a time, on its queue. Everything below is touched only on `queue`.
+/// One socket's registration with the ``SocketWatcher``, edge-triggered: the kernel reports each
+/// new arrival of data (and each change to writable while writability is wanted) once, and the
+/// read handler reads until the socket is drained. The registration changes only when
+/// writability starts or stops being wanted (connecting, a write that could not finish), not per
+/// event, which saves an epoll_ctl(2) per event over a one-shot watch. Events run on `queue`, one
+/// at a time; one that finds nothing to do (its data was read by the handler of an earlier one) is
+/// harmless. Everything below is touched only on `queue`.
 // @unchecked Sendable: the mutable state is touched only on `queue` (the connection's serial queue);
 // the watcher thread reads only the immutable `id`, `queue` and `batch`.
 final class Watch: @unchecked Sendable {
@@ -197,7 +201,6 @@ final class Watch: @unchecked Sendable {
     private var onWritable: (() -> Void)?
     private var onFailure: ((String) -> Void)?
     private var wantsWrite: Bool
-    private var delivering = false
     private(set) var isCancelled = false
 
     fileprivate init(
@@ -217,7 +220,7 @@ final class Watch: @unchecked Sendable {
     }
 
     fileprivate func event() -> epoll_event {
-        var bits = EPOLLIN.rawValue | EPOLLONESHOT.rawValue
+        var bits = EPOLLIN.rawValue | EPOLLET.rawValue
         if wantsWrite { bits |= EPOLLOUT.rawValue }
         var event = epoll_event()
         event.events = bits
@@ -229,11 +232,10 @@ final class Watch: @unchecked Sendable {
     func setWantsWrite(_ wanted: Bool) {
         guard !isCancelled, wantsWrite != wanted else { return }
         wantsWrite = wanted
-        // While the handlers run, `deliver` re-arms with the new interest when they are done.
-        if !delivering { rearm() }
+        rearm()
     }
 
-    /// Re-arms the watch; when that fails, cancels it and reports the failure.
+    /// Registers the watch's current interest; when that fails, cancels it and reports the failure.
     private func rearm() {
         guard let failure = watcher.modify(self) else { return }
         let onFailure = onFailure
@@ -256,21 +258,18 @@ final class Watch: @unchecked Sendable {
         onFailure = nil
     }
 
-    /// Runs the handlers for one event, then re-arms. An error or hang-up goes to both handlers
-    /// (writability first: that is how hiredis learns that a connect failed), so hiredis reads
-    /// the error and drops the connection; a handler that does so cancels the watch.
+    /// Runs the handlers for one event. An error or hang-up goes to both handlers (writability
+    /// first: that is how hiredis learns that a connect failed), so hiredis reads the error and
+    /// drops the connection; a handler that does so cancels the watch.
     fileprivate func deliver(_ bits: UInt32) {
         guard !isCancelled else { return }
         let failed = bits & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0
-        delivering = true
         if wantsWrite, failed || bits & EPOLLOUT.rawValue != 0 {
             onWritable?()
         }
         if !isCancelled, failed || bits & EPOLLIN.rawValue != 0 {
             onReadable?()
         }
-        delivering = false
-        if !isCancelled { rearm() }
     }
 }
 

@@ -18,8 +18,8 @@ import Synchronization
 /// The state is the queue's specific value (set once, by the first connection made on the queue);
 /// a connection finds it through the queue it runs on, so a batch on one queue never flushes a
 /// connection of another.
-// @unchecked Sendable: `depth`, `pending` and `jobs` are read and written only on the queue the
-// state belongs to (by the batch running there, and by adapters and the executor running there);
+// @unchecked Sendable: `depth`, `pending`, `jobs` and the contents of `readBuffer` are read and
+// written only on the queue the state belongs to (by the batch running there, and by adapters and the executor running there);
 // `queueID` and `queue` are immutable; `outstanding` is atomic.
 final class WriteBatch: @unchecked Sendable {
     let queueID: ObjectIdentifier
@@ -34,11 +34,18 @@ final class WriteBatch: @unchecked Sendable {
     let eventsOnWatcherThread = Atomic<Bool>(false)
     private var depth = 0
     private var pending: [EventAdapter] = []
+    /// Where the queue's adapters read their sockets (one at a time: they run on the queue). 16 KiB,
+    /// as much as hiredis reads per call.
+    let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 * 1024, alignment: 8)
     private var jobs: [UnownedJob] = []
 
     private init(queue: DispatchQueue) {
         queueID = ObjectIdentifier(queue)
         self.queue = queue
+    }
+
+    deinit {
+        readBuffer.deallocate()
     }
 
     fileprivate static let key = DispatchSpecificKey<WriteBatch>()

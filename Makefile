@@ -6,7 +6,7 @@ SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_ARGS    ?=
 # Tests under ThreadSanitizer: the ones that exercise the connection and the lock concurrently
 # (swift test matches the regular expression against test identifiers: module.Type/test).
-TSAN_FILTER  ?= ConnectionTests|FaultTests|RedlockIntegrationTests|CloseReleasesFirstTests|ScopedLockTests|MultiResourceAndFencingTests|RestartedNodeTests|RedlockUnitTests|MockNodeTests|SafetyRegressionTests|SafetyOptionTests
+TSAN_FILTER  ?= ConnectionTests|WriteBatchTests|ConnectionQueueExecutorTests|TaskExecutorTests|FaultTests|RedlockIntegrationTests|CloseReleasesFirstTests|ScopedLockTests|MultiResourceAndFencingTests|RestartedNodeTests|RedlockUnitTests|MockNodeTests|SafetyRegressionTests|SafetyOptionTests
 # How long `make soak` runs scenario 12 (redlock clients contending while servers crash and hang), in seconds.
 DURATION     ?= 600
 # How long `make churn` opens, kills and closes sockets from many tasks at once, in seconds.

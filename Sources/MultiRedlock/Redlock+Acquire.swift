@@ -46,7 +46,7 @@ extension Redlock {
             attempt += 1
             let value = LockValue.make(id: options.id)
             let attemptStart = ContinuousClock.now
-            let (result, outcomes) = await operationsInFlight.run {
+            let (result, answers) = await operationsInFlight.run {
                 await acquireOnce(keys, value: value, ttl: ttl, options: options, attempt: attempt)
             }
             let attemptEnd = ContinuousClock.now
@@ -79,7 +79,10 @@ extension Redlock {
                 logAttempt(
                     options, keys, attempt: attempt, result, elapsed: elapsed, retryIn: last ? nil : wait)
                 // Only nodes that may hold this attempt's keys are released: a node that refused the
-                // SET NX holds another value (and this attempt's value is unique to it).
+                // SET NX holds another value (and this attempt's value is unique to it). Read now, not
+                // when the attempt was decided: a node that had not answered then (a refusal behind
+                // the refusals that decided it, often in the same read) has usually answered since.
+                let outcomes = answers.outcomes
                 let targets = outcomes.map { $0 != .refused }
                 if last {
                     releaseEverywhere(keys, value: value, until: expiry, options: options, on: targets)
@@ -97,10 +100,12 @@ extension Redlock {
                     case .granted: true
                     }
                 }
-                _ = await tracedRelease(keys, options: options) {
-                    await releaseOnce(
-                        keys, value: value, until: expiry, options: options, on: targets,
-                        waitingFor: answeredInTime)
+                if targets.contains(true) {
+                    _ = await tracedRelease(keys, options: options) {
+                        await releaseOnce(
+                            keys, value: value, until: expiry, options: options, on: targets,
+                            waitingFor: answeredInTime)
+                    }
                 }
                 if wait > .zero { try await Task.sleep(for: wait) }
                 try Task.checkCancellation()
@@ -110,16 +115,17 @@ extension Redlock {
 
     /// One attempt: SET NX PX (or the all-or-none script) on every node, decided as soon as the
     /// outcome is certain; with fencing tokens, then the token's write-back to a quorum. Returns the
-    /// lock or the error, and what each node answered the SET (which nodes may hold the keys).
+    /// lock or the error, and the SET's round, which goes on recording what each node answers
+    /// (which nodes may hold the keys).
     private func acquireOnce(
         _ keys: [String], value: String, ttl: Duration, options: RedlockOptions, attempt: Int
-    ) async -> (Result<Lock, RedlockError>, [NodeEvidence.Outcome]) {
+    ) async -> (Result<Lock, RedlockError>, FanOutRound) {
         metrics.attempts.increment()
         let resource = Lock.name(of: keys)
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
         let counters = options.fencingTokens ? FencingCounters(count: nodes.count) : nil
-        let tally = await fanOut(.acquire, options: options, cancellable: true) {
+        let (tally, round) = await fanOutRound(.acquire, options: options, cancellable: true) {
             [self] index, node, answer in
             // A node that grants these keys holds no older value of ours for them any more. Only
             // wrapped while retry chains exist: the usual lock costs no extra closure per node.
@@ -173,12 +179,12 @@ extension Redlock {
         {
             // The caller releases the nodes that may hold the keys: also those that failed or did not
             // answer, since a SET that timed out may have landed.
-            return (.failure(error), tally.outcomes)
+            return (.failure(error), round)
         }
         let lock = Lock(
             resources: keys, value: value, validity: validUntil - now, ttl: ttl, validUntil: validUntil,
             attempts: attempt, nodes: tally.grantedIndices.map { names[$0] }, fencingToken: fencingToken)
-        return (.success(lock), tally.outcomes)
+        return (.success(lock), round)
     }
 
     /// How a node that is not a ``FencingRedlockNode`` answers a fenced acquire or write-back.

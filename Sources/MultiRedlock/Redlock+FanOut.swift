@@ -17,6 +17,23 @@ extension Redlock {
         _ operation:
             @escaping @Sendable (Int, any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
     ) async -> QuorumTally {
+        await fanOutRound(
+            kind, options: options, until: until, cancellable: cancellable, whenAllAnswered: whenAllAnswered,
+            operation
+        ).tally
+    }
+
+    /// ``fanOut(_:options:until:cancellable:whenAllAnswered:_:)``, also returning the round, which
+    /// goes on recording the answers that come after the outcome was decided.
+    func fanOutRound(
+        _ kind: QuorumRound.Kind,
+        options: RedlockOptions,
+        until: QuorumRound.Until = .settled,
+        cancellable: Bool = false,
+        whenAllAnswered: (@Sendable (QuorumTally) -> Void)? = nil,
+        _ operation:
+            @escaping @Sendable (Int, any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
+    ) async -> (tally: QuorumTally, round: FanOutRound) {
         let nodes = nodes
         let names = names
         let (duplicates, longestTTL) = state.withLock { ($0.duplicateOf, $0.longestTTL) }
@@ -29,7 +46,7 @@ extension Redlock {
         let rules = QuorumRound.Rules(kind: kind, timeout: options.nodeTimeout, quarantine: quarantine)
         let round = FanOutRound(
             QuorumRound(nodeCount: nodes.count, rules: rules, until: until), whenAllAnswered: whenAllAnswered)
-        return await withTaskCancellationHandler {
+        let tally = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 round.start { continuation.resume(returning: $0) }
                 let send: @Sendable () -> Void = {
@@ -55,6 +72,7 @@ extension Redlock {
         } onCancel: {
             if cancellable { round.finishEarly() }
         }
+        return (tally, round)
     }
 }
 
@@ -71,6 +89,9 @@ final class FanOutRound: Sendable {
     init(_ round: QuorumRound, whenAllAnswered: (@Sendable (QuorumTally) -> Void)? = nil) {
         state = Locked(State(round: round, whenAllAnswered: whenAllAnswered))
     }
+
+    /// What each node answered so far: answers keep coming after the outcome was decided.
+    var outcomes: [NodeEvidence.Outcome] { state.withLock { $0.round.tally.outcomes } }
 
     /// Sets the completion; it runs at once if the round already finished early.
     func start(_ completion: @escaping @Sendable (QuorumTally) -> Void) {

@@ -40,6 +40,9 @@ extension Redlock {
         _ keys: [String], value: String, until expiry: ContinuousClock.Instant, options: RedlockOptions,
         on targets: [Bool]? = nil
     ) {
+        // An attempt every node refused holds nothing anywhere: no task, span or round for it (a
+        // losing contender costs the servers its SETs and nothing more).
+        if let targets, !targets.contains(true) { return }
         operationsInFlight.enter()
         Task {
             _ = await self.tracedRelease(keys, options: options) {

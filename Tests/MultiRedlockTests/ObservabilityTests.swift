@@ -88,6 +88,22 @@ struct ObservabilityTests {
         await redlock.close()
     }
 
+    /// An attempt every node refused holds nothing anywhere: it starts no release round (no span,
+    /// no background task), whether another attempt follows or not. `close()` waits for background
+    /// releases, so none can come after the check.
+    @Test func attemptsEveryNodeRefusedStartNoRelease() async throws {
+        let tracer = InMemoryTracer()
+        let nodes = Self.nodes()
+        for node in nodes { node.set(key: "busy", value: "someone-else") }
+        let redlock = try Redlock(nodes: nodes, options: Self.options(tracer: tracer, retries: 2))
+        await #expect(throws: RedlockError.self) { try await redlock.lock("busy", ttl: .seconds(5)) }
+        await redlock.close()
+        let failed = try Self.span(tracer, "multiredlock.lock")
+        #expect(Self.attribute(failed, "multiredlock.attempts") == .int64(3))
+        #expect(!tracer.finishedSpans.contains { $0.operationName == "multiredlock.release" })
+        #expect(nodes.allSatisfy { node in !node.calls.contains { $0.isRelease } })
+    }
+
     @Test func renewHasItsOwnMetricsAndAcquireCountsOnlyAcquires() async throws {
         let metrics = TestMetrics()
         let nodes = Self.nodes()

@@ -19,8 +19,10 @@ import Synchronization
 /// a connection finds it through the queue it runs on, so a batch on one queue never flushes a
 /// connection of another.
 // @unchecked Sendable: `depth`, `pending`, `jobs` and the contents of `readBuffer` are read and
-// written only on the queue the state belongs to (by the batch running there, and by adapters and the executor running there);
-// `queueID` and `queue` are immutable; `outstanding` is atomic.
+// written only on the queue the state belongs to (by the batch running there, and by the adapters
+// and the executor running there); `executor` is written once, in `init`, before the state is
+// published; `queueID` and `queue` are immutable; `outstanding` and `eventsOnWatcherThread` are
+// atomic.
 final class WriteBatch: @unchecked Sendable {
     let queueID: ObjectIdentifier
     /// Unowned: the queue holds this state (its specific value), not the other way round.
@@ -39,9 +41,13 @@ final class WriteBatch: @unchecked Sendable {
     let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 * 1024, alignment: 8)
     private var jobs: [UnownedJob] = []
 
+    /// The queue's task executor. Set once, in `init`, before the state is published.
+    private(set) var executor: ConnectionQueueExecutor!
+
     private init(queue: DispatchQueue) {
         queueID = ObjectIdentifier(queue)
         self.queue = queue
+        executor = ConnectionQueueExecutor(state: self)
     }
 
     deinit {
@@ -94,13 +100,16 @@ final class WriteBatch: @unchecked Sendable {
         while true {
             var index = 0
             while index < jobs.count {
-                jobs[index].runSynchronously(on: executor.asUnownedTaskExecutor())
+                // Copied out first: the job may add jobs to the list while it runs.
+                let job = jobs[index]
+                job.runSynchronously(on: executor.asUnownedTaskExecutor())
                 index += 1
             }
             jobs.removeAll(keepingCapacity: true)
             index = 0
             while index < pending.count {
-                pending[index].flush()
+                let adapter = pending[index]
+                adapter.flush()
                 index += 1
             }
             pending.removeAll(keepingCapacity: true)
@@ -137,9 +146,6 @@ final class WriteBatch: @unchecked Sendable {
         }
     }
 
-    /// The queue's task executor, made with the state.
-    private(set) lazy var executor = ConnectionQueueExecutor(state: self)
-
     /// Takes a job for the queue's executor: run at the end of the batch running on the caller's
     /// thread, or else in a work item of its own. Never runs it before returning: the caller (the
     /// Swift runtime, resuming or starting a task) may hold locks of its own.
@@ -147,7 +153,6 @@ final class WriteBatch: @unchecked Sendable {
         if WriteBatch.current === self, depth > 0 {
             jobs.append(job)
         } else {
-
             let executor = executor.asUnownedTaskExecutor()
             schedule(batched: true) { job.runSynchronously(on: executor) }
         }

@@ -30,7 +30,9 @@ extension Redlock {
         let round = FanOutRound(
             QuorumRound(nodeCount: nodes.count, rules: rules, until: until), whenAllAnswered: whenAllAnswered)
         return await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
+            // Unsafe (no checking canary object): the round resumes it exactly once, since its
+            // completion is taken out under the round's lock before it runs (see FanOutRound).
+            await withUnsafeContinuation { continuation in
                 round.start { continuation.resume(returning: $0) }
                 let send: @Sendable () -> Void = {
                     let sent = ContinuousClock.now
@@ -96,10 +98,23 @@ final class FanOutRound: Sendable {
         perform { QuorumRound.Action(finish: $0.cancel()) }
     }
 
+    /// What an event hands over to run outside the lock. A struct, not a tuple: its closures then
+    /// pass through the lock's generic `withLock` as they are, with no reabstraction thunk
+    /// allocated for each.
+    private struct Handoff {
+        var tally: QuorumTally
+        var finish: (@Sendable (QuorumTally) -> Void)?
+        var allAnswered: (@Sendable (QuorumTally) -> Void)?
+    }
+
     /// Runs one event of the round under the lock, then what it asks for outside it.
     private func perform(_ event: (inout QuorumRound) -> QuorumRound.Action) {
-        let (tally, finish, allAnswered) = state.withLock {
-            state -> (QuorumTally?, (@Sendable (QuorumTally) -> Void)?, (@Sendable (QuorumTally) -> Void)?) in
+        let handoff = state.withLock { state -> Handoff? in
+            // Finished, and nobody waits for every answer: later answers change nothing anyone
+            // sees. Not recording them also spares copying the outcomes the waiter now shares.
+            if state.round.finished && state.completion == nil && state.whenAllAnswered == nil {
+                return nil
+            }
             let action = event(&state.round)
             var finish: (@Sendable (QuorumTally) -> Void)?
             var allAnswered: (@Sendable (QuorumTally) -> Void)?
@@ -111,11 +126,11 @@ final class FanOutRound: Sendable {
                 allAnswered = state.whenAllAnswered
                 state.whenAllAnswered = nil
             }
-            guard finish != nil || allAnswered != nil else { return (nil, nil, nil) }
-            return (state.round.tally, finish, allAnswered)
+            guard finish != nil || allAnswered != nil else { return nil }
+            return Handoff(tally: state.round.tally, finish: finish, allAnswered: allAnswered)
         }
-        guard let tally else { return }
-        finish?(tally)
-        allAnswered?(tally)
+        guard let handoff else { return }
+        handoff.finish?(handoff.tally)
+        handoff.allAnswered?(handoff.tally)
     }
 }

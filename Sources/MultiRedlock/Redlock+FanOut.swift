@@ -30,10 +30,10 @@ extension Redlock {
         let round = FanOutRound(
             QuorumRound(nodeCount: nodes.count, rules: rules, until: until), whenAllAnswered: whenAllAnswered)
         return await withTaskCancellationHandler {
-            // Unsafe (no checking canary object): the round resumes it exactly once, since its
-            // completion is taken out under the round's lock before it runs (see FanOutRound).
+            // Unsafe (no checking canary object): the round resumes it exactly once, since it is
+            // taken out under the round's lock before it is resumed (see FanOutRound).
             await withUnsafeContinuation { continuation in
-                round.start { continuation.resume(returning: $0) }
+                round.start(continuation)
                 let send: @Sendable () -> Void = {
                     let sent = ContinuousClock.now
                     for (index, node) in nodes.enumerated() {
@@ -60,11 +60,12 @@ extension Redlock {
     }
 }
 
-/// One fan-out in progress: a ``QuorumRound`` under a lock, and the one-shot completion.
+/// One fan-out in progress: a ``QuorumRound`` under a lock, and its waiter, resumed once.
 final class FanOutRound: Sendable {
     private struct State {
         var round: QuorumRound
-        var completion: (@Sendable (QuorumTally) -> Void)?
+        /// The waiter, until it is resumed (held here directly: no closure to allocate for it).
+        var waiter: UnsafeContinuation<QuorumTally, Never>?
         var whenAllAnswered: (@Sendable (QuorumTally) -> Void)?
     }
 
@@ -74,14 +75,14 @@ final class FanOutRound: Sendable {
         state = Locked(State(round: round, whenAllAnswered: whenAllAnswered))
     }
 
-    /// Sets the completion; it runs at once if the round already finished early.
-    func start(_ completion: @escaping @Sendable (QuorumTally) -> Void) {
+    /// Sets the waiter; it is resumed at once if the round already finished early.
+    func start(_ waiter: UnsafeContinuation<QuorumTally, Never>) {
         let tally: QuorumTally? = state.withLock { state in
             if state.round.finished { return state.round.tally }
-            state.completion = completion
+            state.waiter = waiter
             return nil
         }
-        if let tally { completion(tally) }
+        if let tally { waiter.resume(returning: tally) }
     }
 
     /// Records an answer, already counted (``QuorumRound/Rules/counted(_:elapsed:timeSinceRestart:)``).
@@ -98,12 +99,12 @@ final class FanOutRound: Sendable {
         perform { QuorumRound.Action(finish: $0.cancel()) }
     }
 
-    /// What an event hands over to run outside the lock. A struct, not a tuple: its closures then
-    /// pass through the lock's generic `withLock` as they are, with no reabstraction thunk
+    /// What an event hands over to run outside the lock. A struct, not a tuple: its closure then
+    /// passes through the lock's generic `withLock` as it is, with no reabstraction thunk
     /// allocated for each.
     private struct Handoff {
         var tally: QuorumTally
-        var finish: (@Sendable (QuorumTally) -> Void)?
+        var finish: UnsafeContinuation<QuorumTally, Never>?
         var allAnswered: (@Sendable (QuorumTally) -> Void)?
     }
 
@@ -112,15 +113,15 @@ final class FanOutRound: Sendable {
         let handoff = state.withLock { state -> Handoff? in
             // Finished, and nobody waits for every answer: later answers change nothing anyone
             // sees. Not recording them also spares copying the outcomes the waiter now shares.
-            if state.round.finished && state.completion == nil && state.whenAllAnswered == nil {
+            if state.round.finished && state.waiter == nil && state.whenAllAnswered == nil {
                 return nil
             }
             let action = event(&state.round)
-            var finish: (@Sendable (QuorumTally) -> Void)?
+            var finish: UnsafeContinuation<QuorumTally, Never>?
             var allAnswered: (@Sendable (QuorumTally) -> Void)?
             if action.finish {
-                finish = state.completion
-                state.completion = nil
+                finish = state.waiter
+                state.waiter = nil
             }
             if action.allAnswered {
                 allAnswered = state.whenAllAnswered
@@ -130,7 +131,7 @@ final class FanOutRound: Sendable {
             return Handoff(tally: state.round.tally, finish: finish, allAnswered: allAnswered)
         }
         guard let handoff else { return }
-        handoff.finish?(handoff.tally)
+        handoff.finish?.resume(returning: handoff.tally)
         handoff.allAnswered?(handoff.tally)
     }
 }

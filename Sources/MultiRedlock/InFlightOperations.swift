@@ -22,11 +22,13 @@ final class InFlightOperations: Sendable {
         // The waiter registers before it reads the count; this decrement comes before this read of
         // the waiters (both sequentially consistent), so one of the two sees the other.
         guard count.subtract(1, ordering: .sequentiallyConsistent).newValue == 0 else { return }
-        let resumed = waiters.withLock { waiters in
+        // Usually nobody waits: then no array is made, and the dictionary is left as it is.
+        let resumed = waiters.withLock { waiters -> [CheckedContinuation<Void, Never>]? in
+            guard !waiters.isEmpty else { return nil }
             defer { waiters = [:] }
             return Array(waiters.values)
         }
-        for waiter in resumed { waiter.resume() }
+        for waiter in resumed ?? [] { waiter.resume() }
     }
 
     /// Runs `operation` counted as under way.

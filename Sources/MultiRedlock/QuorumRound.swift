@@ -25,6 +25,8 @@ struct QuorumRound: Sendable {
         case settled
         /// Every node marked true has answered (the others may still answer later).
         case answered([Bool])
+        /// Every node has answered (`answered` with every node marked, without the array).
+        case allAnswered
     }
 
     /// What the caller must do after an event. Each is true at most once per round.
@@ -118,6 +120,7 @@ struct QuorumRound: Sendable {
             case .settled: tally.isSettled
             case .answered(let awaited):
                 tally.outcomes.indices.allSatisfy { !awaited[$0] || tally.outcomes[$0] != .pending }
+            case .allAnswered: tally.answered == tally.total
             }
         if done {
             finished = true

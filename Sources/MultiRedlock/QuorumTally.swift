@@ -60,7 +60,18 @@ struct QuorumTally: Sendable {
 
     /// The nodes that granted, by index.
     var grantedIndices: [Int] {
-        outcomes.indices.filter { outcomes[$0] == .granted }
+        var granted: [Int] = []
+        granted.reserveCapacity(succeeded)
+        for index in outcomes.indices where outcomes[index] == .granted { granted.append(index) }
+        return granted
+    }
+
+    /// The names of the nodes that granted (`names` by node index), in node order: one allocation.
+    func grantedNames(_ names: [String]) -> [String] {
+        var granted: [String] = []
+        granted.reserveCapacity(succeeded)
+        for index in outcomes.indices where outcomes[index] == .granted { granted.append(names[index]) }
+        return granted
     }
 
     func evidence(names: [String]) -> [NodeEvidence] {

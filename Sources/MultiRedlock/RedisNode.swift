@@ -188,7 +188,8 @@ public final class RedisNode: FencingRedlockNode {
         command.append(key)
         command.append(first)
         if let second { command.append(second) }
-        evaluate(script, evalsha: command, timeout: timeout) { completion(Self.scriptResult($0)) }
+        // The reply is mapped in evaluate's own closure: no closure of ours per command.
+        evaluate(script, evalsha: command, timeout: timeout, .nodeResult(completion))
     }
 
     private func run(
@@ -231,19 +232,19 @@ public final class RedisNode: FencingRedlockNode {
                 Self.command("EVAL", script.source, tail), timeout: timeout, completion: completion)
             return
         }
-        evaluate(script, evalsha: Self.command("EVALSHA", script.sha1, tail), timeout: timeout, completion)
+        evaluate(
+            script, evalsha: Self.command("EVALSHA", script.sha1, tail), timeout: timeout, .reply(completion))
     }
 
     /// Sends `evalsha` (`EVALSHA sha1 <tail>` of a compare-and-* `script`) and, on NOSCRIPT,
-    /// `EVAL source <tail>` within what is left of `timeout` (see ``evaluate(_:_:timeout:_:)``).
+    /// `EVAL source <tail>` within what is left of `timeout` (see ``evaluate(_:_:timeout:_:)``);
+    /// `completion` gets the reply, or what it means as a script's ``NodeResult``.
     private func evaluate(
-        _ script: Script, evalsha: RedisCommand, timeout: Duration,
-        _ completion: @escaping @Sendable (Result<RedisReply, RedisConnectionError>) -> Void
+        _ script: Script, evalsha: RedisCommand, timeout: Duration, _ completion: ScriptCompletion
     ) {
-        let connection = connection
         let deadline = ContinuousClock.now + timeout
-        let server = server
-        connection.send(evalsha, timeout: timeout) { result in
+        // Captures the node, not its connection and server: fewer references to copy per command.
+        connection.send(evalsha, timeout: timeout) { [self] result in
             guard case .success(.error(let message)) = result, message.hasPrefix("NOSCRIPT") else {
                 return completion(result)
             }
@@ -252,12 +253,12 @@ public final class RedisNode: FencingRedlockNode {
                 return completion(
                     .failure(
                         RedisConnectionError(
-                            .timeout, server: server.description,
+                            .timeout, server: self.server.description,
                             message: "no time left for EVAL after NOSCRIPT (timeout \(timeout))",
                             outcomeUnknown: false)))
             }
             let eval = Self.command("EVAL", script.source, evalsha.droppingFirst(2))
-            connection.send(eval, timeout: left, completion: completion)
+            self.connection.send(eval, timeout: left) { completion($0) }
         }
     }
 
@@ -268,6 +269,20 @@ public final class RedisNode: FencingRedlockNode {
         command.append(script)
         command.append(contentsOf: tail)
         return command
+    }
+
+    /// Who gets a script's reply: as it came, or as the ``NodeResult`` it means (mapped in the
+    /// reply's one closure, with no closure of its own per command).
+    private enum ScriptCompletion: Sendable {
+        case reply(@Sendable (Result<RedisReply, RedisConnectionError>) -> Void)
+        case nodeResult(@Sendable (NodeResult) -> Void)
+
+        func callAsFunction(_ result: Result<RedisReply, RedisConnectionError>) {
+            switch self {
+            case .reply(let completion): completion(result)
+            case .nodeResult(let completion): completion(RedisNode.scriptResult(result))
+            }
+        }
     }
 
     private static func scriptResult(_ result: Result<RedisReply, RedisConnectionError>) -> NodeResult {

@@ -183,7 +183,7 @@ extension Redlock {
         }
         let lock = Lock(
             resources: keys, value: value, validity: validUntil - now, ttl: ttl, validUntil: validUntil,
-            attempts: attempt, nodes: tally.grantedIndices.map { names[$0] }, fencingToken: fencingToken)
+            attempts: attempt, nodes: tally.grantedNames(names), fencingToken: fencingToken)
         return (.success(lock), round)
     }
 

@@ -47,8 +47,10 @@ extension Redlock {
         let round = FanOutRound(
             QuorumRound(nodeCount: nodes.count, rules: rules, until: until), whenAllAnswered: whenAllAnswered)
         let tally = await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                round.start { continuation.resume(returning: $0) }
+            // Unsafe (no checking canary object): the round resumes it exactly once, since it is
+            // taken out under the round's lock before it is resumed (see FanOutRound).
+            await withUnsafeContinuation { continuation in
+                round.start(continuation)
                 let send: @Sendable () -> Void = {
                     let sent = ContinuousClock.now
                     for (index, node) in nodes.enumerated() {
@@ -76,11 +78,12 @@ extension Redlock {
     }
 }
 
-/// One fan-out in progress: a ``QuorumRound`` under a lock, and the one-shot completion.
+/// One fan-out in progress: a ``QuorumRound`` under a lock, and its waiter, resumed once.
 final class FanOutRound: Sendable {
     private struct State {
         var round: QuorumRound
-        var completion: (@Sendable (QuorumTally) -> Void)?
+        /// The waiter, until it is resumed (held here directly: no closure to allocate for it).
+        var waiter: UnsafeContinuation<QuorumTally, Never>?
         var whenAllAnswered: (@Sendable (QuorumTally) -> Void)?
     }
 
@@ -93,14 +96,14 @@ final class FanOutRound: Sendable {
     /// What each node answered so far: answers keep coming after the outcome was decided.
     var outcomes: [NodeEvidence.Outcome] { state.withLock { $0.round.tally.outcomes } }
 
-    /// Sets the completion; it runs at once if the round already finished early.
-    func start(_ completion: @escaping @Sendable (QuorumTally) -> Void) {
+    /// Sets the waiter; it is resumed at once if the round already finished early.
+    func start(_ waiter: UnsafeContinuation<QuorumTally, Never>) {
         let tally: QuorumTally? = state.withLock { state in
             if state.round.finished { return state.round.tally }
-            state.completion = completion
+            state.waiter = waiter
             return nil
         }
-        if let tally { completion(tally) }
+        if let tally { waiter.resume(returning: tally) }
     }
 
     /// Records an answer, already counted (``QuorumRound/Rules/counted(_:elapsed:timeSinceRestart:)``).
@@ -117,26 +120,36 @@ final class FanOutRound: Sendable {
         perform { QuorumRound.Action(finish: $0.cancel()) }
     }
 
+    /// What an event hands over to run outside the lock. A struct, not a tuple: its closure then
+    /// passes through the lock's generic `withLock` as it is, with no reabstraction thunk
+    /// allocated for each.
+    private struct Handoff {
+        var tally: QuorumTally
+        var finish: UnsafeContinuation<QuorumTally, Never>?
+        var allAnswered: (@Sendable (QuorumTally) -> Void)?
+    }
+
     /// Runs one event of the round under the lock, then what it asks for outside it.
     private func perform(_ event: (inout QuorumRound) -> QuorumRound.Action) {
-        let (tally, finish, allAnswered) = state.withLock {
-            state -> (QuorumTally?, (@Sendable (QuorumTally) -> Void)?, (@Sendable (QuorumTally) -> Void)?) in
+        let handoff = state.withLock { state -> Handoff? in
+            // Answers are recorded after the round finished too: a failed acquire's release reads
+            // them (`outcomes`), to skip the nodes that refused.
             let action = event(&state.round)
-            var finish: (@Sendable (QuorumTally) -> Void)?
+            var finish: UnsafeContinuation<QuorumTally, Never>?
             var allAnswered: (@Sendable (QuorumTally) -> Void)?
             if action.finish {
-                finish = state.completion
-                state.completion = nil
+                finish = state.waiter
+                state.waiter = nil
             }
             if action.allAnswered {
                 allAnswered = state.whenAllAnswered
                 state.whenAllAnswered = nil
             }
-            guard finish != nil || allAnswered != nil else { return (nil, nil, nil) }
-            return (state.round.tally, finish, allAnswered)
+            guard finish != nil || allAnswered != nil else { return nil }
+            return Handoff(tally: state.round.tally, finish: finish, allAnswered: allAnswered)
         }
-        guard let tally else { return }
-        finish?(tally)
-        allAnswered?(tally)
+        guard let handoff else { return }
+        handoff.finish?.resume(returning: handoff.tally)
+        handoff.allAnswered?(handoff.tally)
     }
 }

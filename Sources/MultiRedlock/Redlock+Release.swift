@@ -91,9 +91,9 @@ extension Redlock {
                     chain: RetryChain(self.retryChains))
             }
         }
-        let awaited = awaited ?? Array(repeating: true, count: nodes.count)
         return await fanOut(
-            .release, options: options, until: .answered(awaited), whenAllAnswered: retryFailed
+            .release, options: options, until: awaited.map { .answered($0) } ?? .allAnswered,
+            whenAllAnswered: retryFailed
         ) { index, node, done in
             if let targets, !targets[index] { return done(.refused) }
             node.release(keys: keys, value: value, timeout: timeout, completion: done)

@@ -48,6 +48,10 @@ extension Redlock {
         _ name: String, _ keys: [String], options: RedlockOptions,
         outcome: (Result<T, E>) -> SpanOutcome, _ body: () async -> Result<T, E>
     ) async -> Result<T, E> {
+        // The usual case first, cheaply: no tracer of the options' and no instrument at all (the
+        // default `NoOpInstrument`, which is no tracer). Looking for a tracer among the instruments
+        // (`InstrumentationSystem.tracer`) costs two protocol casts, about 2,400 instructions.
+        if options.tracer == nil && InstrumentationSystem.instrument is NoOpInstrument { return await body() }
         let tracer = options.tracer ?? InstrumentationSystem.tracer
         if tracer is NoOpTracer { return await body() }
         let nodeCount = nodes.count

@@ -361,8 +361,8 @@ public final class Redlock: Sendable {
     ///   retried in the background until the lock's keys expire); ``RedlockError/Kind/closed``.
     @discardableResult
     public func release(_ lock: Lock) async throws(RedlockError) -> Int {
-        let options = self.options
-        guard !isClosed else {
+        let (options, closed) = state.withLock { ($0.options, $0.closed) }
+        guard !closed else {
             throw RedlockError(.closed, resource: lock.resource, message: "redlock was closed")
         }
         // Every key of this lock was set or extended before now, so it expires within its ttl from now.
@@ -417,7 +417,7 @@ public final class Redlock: Sendable {
     /// Validates a call's input before any I/O and returns the options in force.
     func prepare(_ keys: [String], ttl: Duration) throws(RedlockError) -> RedlockOptions {
         let resource = keys.count == 1 ? keys[0] : nil
-        let (options, closed) = state.withLock { ($0.options, $0.closed) }
+        let (options, closed, longestTTL) = state.withLock { ($0.options, $0.closed, $0.longestTTL) }
         guard !closed else { throw RedlockError(.closed, resource: resource, message: "redlock was closed") }
         guard !keys.isEmpty else {
             throw RedlockError(.invalidArgument, message: "the list of resources is empty")
@@ -432,7 +432,7 @@ public final class Redlock: Sendable {
                     "resource names starting with \"\(Lock.fencingKeyPrefix)\" are reserved for fencing counters"
             )
         }
-        guard Set(keys).count == keys.count else {
+        guard keys.count == 1 || Set(keys).count == keys.count else {
             throw RedlockError(.invalidArgument, message: "a resource is named twice in \(keys)")
         }
         if options.fencingTokens && keys.count > 1 {
@@ -460,8 +460,11 @@ public final class Redlock: Sendable {
                     "ttl \(ttl) must be greater than the drift allowance \(drift) (drift + driftFactor × ttl)"
             )
         }
-        state.withLock { state in
-            if ttl > state.longestTTL { state.longestTTL = ttl }
+        // longestTTL only grows: a ttl no longer than the one read above needs no second lock.
+        if ttl > longestTTL {
+            state.withLock { state in
+                if ttl > state.longestTTL { state.longestTTL = ttl }
+            }
         }
         return options
     }

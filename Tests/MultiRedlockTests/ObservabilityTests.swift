@@ -65,6 +65,20 @@ struct ObservabilityTests {
         await redlock.close()
     }
 
+    /// With no tracer in the options, the one bound by `withTracer` (a task-local instrument) is
+    /// used; outside its scope the default instrument makes no span.
+    @Test func aTaskLocalTracerIsUsedWhenTheOptionsHaveNone() async throws {
+        let tracer = InMemoryTracer()
+        let redlock = try Redlock(nodes: Self.nodes(), options: Self.options())
+        let lock = try await withTracer(tracer) { try await redlock.lock("task-local", ttl: .seconds(10)) }
+        let locked = try Self.span(tracer, "multiredlock.lock")
+        #expect(Self.attribute(locked, "multiredlock.resource") == .string("task-local"))
+        #expect(Self.attribute(locked, "multiredlock.outcome") == .string("granted"))
+        #expect(try await redlock.release(lock) == 3)
+        #expect(tracer.finishedSpans.count { $0.operationName == "multiredlock.release" } == 0)
+        await redlock.close()
+    }
+
     @Test func aFailedLockSpanCarriesTheErrorKindAndAttempts() async throws {
         let tracer = InMemoryTracer()
         let nodes = Self.nodes()

@@ -101,6 +101,26 @@ struct QuorumRoundTests {
         }
     }
 
+    @Test("until all answered: the same as until answered with every node awaited (N = 1…4, every order)")
+    func allAnsweredIsEveryNodeAwaited() {
+        for count in 1...4 {
+            for order in permutations(count) {
+                for answer in [NodeResult.succeeded, .refused, .failed(NodeFailure(.timeout, "test"))] {
+                    var all = round(count, .release, until: .allAnswered)
+                    var every = round(count, .release, until: .answered(Array(repeating: true, count: count)))
+                    for index in order {
+                        let actions = (
+                            all.answer(answer, at: index, elapsed: .zero),
+                            every.answer(answer, at: index, elapsed: .zero)
+                        )
+                        #expect(actions.0 == actions.1, "order \(order), \(answer)")
+                    }
+                    #expect(all.finished && all.tally.answered == count)
+                }
+            }
+        }
+    }
+
     @Test("a second answer for a node is ignored: no second finish, no second all-answered")
     func secondAnswerIgnored() {
         var round = round(3)

@@ -164,6 +164,22 @@ struct QuorumTallyTests {
                 NodeEvidence(node: "c", outcome: .failed(failure)),
             ])
     }
+
+    @Test("grantedNames and grantedIndices list the granting nodes in node order (N = 1…5, every answer set)")
+    func grantedNamesFollowOutcomes() {
+        for count in 1...5 {
+            let names = (0..<count).map { "node-\($0)" }
+            for answers in assignments(count) {
+                var tally = QuorumTally(nodeCount: count)
+                for (index, answer) in answers.enumerated().reversed() {
+                    tally.record(answer.result, at: index)
+                }
+                let expected = answers.indices.filter { answers[$0] == .succeeded }
+                #expect(tally.grantedIndices == expected, "\(answers)")
+                #expect(tally.grantedNames(names) == expected.map { names[$0] }, "\(answers)")
+            }
+        }
+    }
 }
 
 private func pow3(_ exponent: Int) -> Int {

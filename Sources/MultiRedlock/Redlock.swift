@@ -165,8 +165,8 @@ public final class Redlock: Sendable {
     /// fast: run it with `withTaskExecutorPreference(redlock.taskExecutor) { … }` (or
     /// `Task(executorPreference: redlock.taskExecutor)`), and a reply resumes it on the thread that
     /// read the reply, with no thread woken to run it, and the commands it sends next leave in the
-    /// same pass. On this machine that took a sequential lock-and-release cycle from about 340 to
-    /// about 230 µs (`make bench`, 3 local servers).
+    /// same pass. In `make bench` (2 cores, 3 local servers) that took a sequential lock-and-release
+    /// cycle from about 200 to about 150 µs.
     ///
     /// Code on it runs on the connections' one serial queue: while it runs, no connection of this
     /// Redlock reads, writes or times out. Use it for the lock calls and short work between them;

@@ -125,7 +125,7 @@ extension Redlock {
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
         let counters = options.fencingTokens ? FencingCounters(count: nodes.count) : nil
-        let (tally, round) = await fanOutRound(.acquire, options: options, cancellable: true) {
+        let (tally, round) = await fanOut(.acquire, options: options, cancellable: true) {
             [self] index, node, answer in
             // A node that grants these keys holds no older value of ours for them any more. Only
             // wrapped while retry chains exist: the usual lock costs no extra closure per node.
@@ -157,7 +157,7 @@ extension Redlock {
             // Take max + 1 over the granting majority, and write it back to a majority before the lock
             // is returned: majorities intersect, so the next grant reads at least this token.
             let token = counters.max(over: tally.grantedIndices) + 1
-            let writeBack = await fanOut(.extend, options: options, cancellable: true) {
+            let (writeBack, _) = await fanOut(.extend, options: options, cancellable: true) {
                 [fencingNodes] index, node, done in
                 guard let node = fencingNodes[index] else { return done(.failed(Self.noFencing(node))) }
                 node.raiseFence(

@@ -8,24 +8,10 @@ extension Redlock {
     /// is strict (an answer that comes after it, though before the node's own timer fired, is a
     /// timeout), a node whose server restarted within the quarantine does not grant, and a node that
     /// is another node's server (same `run_id`) has no vote.
+    ///
+    /// Returns the tally at the decision, and the round, which goes on recording the answers that
+    /// come after it.
     func fanOut(
-        _ kind: QuorumRound.Kind,
-        options: RedlockOptions,
-        until: QuorumRound.Until = .settled,
-        cancellable: Bool = false,
-        whenAllAnswered: (@Sendable (QuorumTally) -> Void)? = nil,
-        _ operation:
-            @escaping @Sendable (Int, any RedlockNode, @escaping @Sendable (NodeResult) -> Void) -> Void
-    ) async -> QuorumTally {
-        await fanOutRound(
-            kind, options: options, until: until, cancellable: cancellable, whenAllAnswered: whenAllAnswered,
-            operation
-        ).tally
-    }
-
-    /// ``fanOut(_:options:until:cancellable:whenAllAnswered:_:)``, also returning the round, which
-    /// goes on recording the answers that come after the outcome was decided.
-    func fanOutRound(
         _ kind: QuorumRound.Kind,
         options: RedlockOptions,
         until: QuorumRound.Until = .settled,

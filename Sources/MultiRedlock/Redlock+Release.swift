@@ -97,7 +97,7 @@ extension Redlock {
         ) { index, node, done in
             if let targets, !targets[index] { return done(.refused) }
             node.release(keys: keys, value: value, timeout: timeout, completion: done)
-        }
+        }.tally
     }
 
     /// Retries a failed release on node `index` once it reconnects or after `delay`, whichever comes

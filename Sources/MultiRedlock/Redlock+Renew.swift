@@ -39,7 +39,7 @@ extension Redlock {
         metrics.renewAttempts.increment()
         let start = ContinuousClock.now
         let timeout = options.nodeTimeout
-        let tally = await fanOut(.extend, options: options) { _, node, done in
+        let (tally, _) = await fanOut(.extend, options: options) { _, node, done in
             node.extend(keys: keys, value: value, ttl: ttl, timeout: timeout, completion: done)
         }
         let now = ContinuousClock.now

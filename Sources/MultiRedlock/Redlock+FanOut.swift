@@ -33,9 +33,10 @@ extension Redlock {
         let round = FanOutRound(
             QuorumRound(nodeCount: nodes.count, rules: rules, until: until), whenAllAnswered: whenAllAnswered)
         let tally = await withTaskCancellationHandler {
-            // Unsafe (no checking canary object): the round resumes it exactly once, since it is
-            // taken out under the round's lock before it is resumed (see FanOutRound).
-            await withUnsafeContinuation { continuation in
+            // Checked, not unsafe: the unsafe one's hand-over happens inside the Swift runtime,
+            // which ThreadSanitizer does not see, so it reported the resumed task's first write
+            // as a race with `resume` (make tsan, CI run of 2026-12-04).
+            await withCheckedContinuation { continuation in
                 round.start(continuation)
                 let send: @Sendable () -> Void = {
                     let sent = ContinuousClock.now
@@ -69,7 +70,7 @@ final class FanOutRound: Sendable {
     private struct State {
         var round: QuorumRound
         /// The waiter, until it is resumed (held here directly: no closure to allocate for it).
-        var waiter: UnsafeContinuation<QuorumTally, Never>?
+        var waiter: CheckedContinuation<QuorumTally, Never>?
         var whenAllAnswered: (@Sendable (QuorumTally) -> Void)?
     }
 
@@ -83,7 +84,7 @@ final class FanOutRound: Sendable {
     var outcomes: [NodeEvidence.Outcome] { state.withLock { $0.round.tally.outcomes } }
 
     /// Sets the waiter; it is resumed at once if the round already finished early.
-    func start(_ waiter: UnsafeContinuation<QuorumTally, Never>) {
+    func start(_ waiter: CheckedContinuation<QuorumTally, Never>) {
         let tally: QuorumTally? = state.withLock { state in
             if state.round.finished { return state.round.tally }
             state.waiter = waiter
@@ -111,7 +112,7 @@ final class FanOutRound: Sendable {
     /// allocated for each.
     private struct Handoff {
         var tally: QuorumTally
-        var finish: UnsafeContinuation<QuorumTally, Never>?
+        var finish: CheckedContinuation<QuorumTally, Never>?
         var allAnswered: (@Sendable (QuorumTally) -> Void)?
     }
 
@@ -121,7 +122,7 @@ final class FanOutRound: Sendable {
             // Answers are recorded after the round finished too: a failed acquire's release reads
             // them (`outcomes`), to skip the nodes that refused.
             let action = event(&state.round)
-            var finish: UnsafeContinuation<QuorumTally, Never>?
+            var finish: CheckedContinuation<QuorumTally, Never>?
             var allAnswered: (@Sendable (QuorumTally) -> Void)?
             if action.finish {
                 finish = state.waiter

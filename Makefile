@@ -23,7 +23,7 @@ SEED         ?=
 STEPS        ?=
 SIM_ARGS     ?=
 
-.PHONY: all deps build test test-only lint format tsan asan demo clean bench verify soak churn partition man docs sim
+.PHONY: all deps build test test-only test-pool-held lint format tsan asan demo clean bench verify soak churn partition man docs sim
 
 all: build
 
@@ -58,6 +58,13 @@ test-only: deps
 	@root=$$(mktemp -d $(TMPROOT)/multiredlock-test.XXXXXX); \
 	trap '.ci/stop-servers "'"$$root"'"' EXIT INT TERM; \
 	MULTIREDLOCK_TEST_DIR="$$root" $(SWIFT) test $(TEST_ARGS)
+
+## test-pool-held: the whole suite with every thread of the cooperative pool blocked for 7 s,
+## HOLD_AT_MS (default 1000) after the run starts: finds tests that depend on the pool's promptness
+## (see Tests/MultiRedlockTests/PoolHoldTests.swift). Not part of CI: a search, run by hand.
+HOLD_AT_MS ?= 1000
+test-pool-held: deps
+	MULTIREDLOCK_TEST_HOLD_POOL_AT_MS=$(HOLD_AT_MS) $(MAKE) --no-print-directory test-only
 
 ## tsan: the concurrency tests under ThreadSanitizer (own build folder)
 tsan: deps

@@ -538,7 +538,8 @@ struct ConnectionTests {
         let connection = try RedisConnection(server: server.address(), options: .patient)
         let ping = await connection.result(of: ["PING"], within: .seconds(15))
         #expect(ping == .success(.status("PONG")), "\(String(describing: ping))")
-        let child = try Subprocess("/bin/sleep", ["5"], inheritingDescriptors: true)
+        // A minute (killed below): alive for the whole test, even on a pool held up for seconds.
+        let child = try Subprocess("/bin/sleep", ["60"], inheritingDescriptors: true)
         defer { child.signal(SIGKILL) }
         #expect(await connection.closed())
         let gone = await eventually(timeout: .seconds(3)) { (try? await server.connectedClients()) == 1 }

@@ -385,7 +385,9 @@ struct MockNodeTests {
         #expect(node.calls.count == 3)
     }
 
-    @Test("a hung node resumed before the timeout answers for real")
+    // On an executor of its own: the 20 ms sleep, resumed on a cooperative pool held up for 7 s,
+    // ended after the 5 s timeout (a test of the tests, run with the pool's threads blocked).
+    @Test("a hung node resumed before the timeout answers for real", .ownExecutor)
     func hungResumedInTime() async {
         let node = MockRedlockNode(name: "n", clock: MockClock())
         node.set(key: "taken", value: "theirs")

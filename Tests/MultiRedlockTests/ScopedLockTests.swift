@@ -1,3 +1,4 @@
+import Foundation
 import LocalRedis
 import MultiRedlock
 import Synchronization
@@ -48,7 +49,9 @@ struct ScopedLockTests {
         await redlock.close()
     }
 
-    @Test func waitingUpToADeadline() async throws {
+    // On an executor of its own: the freer below, a task on the cooperative pool, came after the 3 s
+    // wait when the pool was held for 7 s (a test of the tests, run with the pool's threads blocked).
+    @Test(.ownExecutor) func waitingUpToADeadline() async throws {
         let group = try await RedisServerGroup.start(count: 3)
         defer { group.stopInBackground() }
         let redlock = try await Self.redlock(group)
@@ -67,7 +70,7 @@ struct ScopedLockTests {
         #expect(elapsed >= .seconds(1) && elapsed < .seconds(4), "gave up after \(elapsed)")
 
         // Freed part-way through the wait: acquired.
-        let freer = Task {
+        let freer = Task(executorPreference: OwnExecutorTrait.executor) {
             try await Task.sleep(for: .milliseconds(150))
             for server in group.servers { try await server.cli("DEL", resource) }
         }
@@ -126,6 +129,90 @@ struct ScopedLockTests {
         #expect(checks.withLock { $0 } == Array(repeating: "held", count: 6))
         for server in group.servers { #expect(try await server.cli("EXISTS", resource) == "0") }
         await redlock.close()
+    }
+
+    /// withLock's renewals run on the connections' queue: while every thread of the cooperative pool
+    /// is blocked for 4 s (a body, or other work, that blocks), a lock with a 1.5 s ttl is still
+    /// renewed, and held when the pool is free again. In a child process (an exit test): blocking the
+    /// pool here would stall every other test of the run.
+    @Test func withLockKeepsItsLockWhileTheCooperativePoolIsBlocked() async throws {
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
+        let resource = RedlockIntegrationTests.uniqueResource()
+        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+            [
+                ports = group.ports as [Int], resource = resource as String,
+                password = RedisServerConfiguration.defaultPassword as String
+            ] in
+            await ScopedLockTests.holdWhileThePoolIsBlocked(
+                ports: ports, password: password, resource: resource)
+        }
+        let output = result.map { String(decoding: $0.standardErrorContent, as: UTF8.self) } ?? ""
+        print("withLock with the cooperative pool blocked: \(output)")
+        let lines = output.split(separator: "\n")
+        // The fault happened: a task queued on the pool meanwhile waited for the blockers.
+        #expect(lines.contains("pool blocked: yes"), "\(output)")
+        #expect(lines.contains("lock: held"), "\(output)")
+        // Released at the end, on every server.
+        for server in group.servers { #expect(try await server.cli("EXISTS", resource) == "0") }
+    }
+
+    /// In a child process: holds `resource` with withLock (ttl 1.5 s) while every pool thread is
+    /// blocked for 4 s, and reports on standard error whether the pool was blocked (a task queued
+    /// meanwhile waited 3 s or more) and whether the lock was held afterwards (valid, and its keys
+    /// still on every server); exits 0 unless something throws.
+    static func holdWhileThePoolIsBlocked(ports: [Int], password: String, resource: String) async {
+        let stderr = FileHandle.standardError
+        do {
+            // The password is this process's own (each test process makes one): the parent's is passed.
+            let redlock = try await connected(
+                Redlock(
+                    servers: ports.map { Fault.address($0, password: password) },
+                    options: Fault.options(nodeTimeout: .milliseconds(500))))
+            let granted = try await redlock.withLock(resource, ttl: .milliseconds(1500)) { held in
+                let start = ContinuousClock.now
+                let until = start + .seconds(4)
+                let waited = await withTaskGroup(of: Duration?.self) { tasks in
+                    // More blockers than the pool has threads, each blocking its thread until
+                    // `until`: a thread that takes one is held to the end, whatever the pool's width.
+                    for _ in 0..<16 {
+                        tasks.addTask {
+                            let left = until - ContinuousClock.now
+                            if left > .zero { usleep(UInt32(left / .microseconds(1))) }
+                            return nil
+                        }
+                    }
+                    // The fault, shown: a task queued behind the blockers waits for the pool.
+                    let queued = ContinuousClock.now
+                    tasks.addTask { ContinuousClock.now - queued }
+                    var waited = Duration.zero
+                    for await result in tasks { if let result { waited = result } }
+                    return waited
+                }
+                var values: [String] = []
+                for port in ports {
+                    values.append(
+                        try await Fault.command(port, ["GET", resource], password: password) ?? "(nil)")
+                }
+                let kept = held.isValid && values.allSatisfy { $0 == held.value }
+                stderr.write(
+                    Data(
+                        """
+                        a task queued on the pool waited \(waited)
+                        pool blocked: \(waited >= .seconds(3) ? "yes" : "no")
+                        after the block: valid \(held.isValid), lost \(String(describing: held.lostError)), \
+                        keys \(values), ours \(held.value)
+                        lock: \(kept ? "held" : "not held")
+
+                        """.utf8))
+                return held.value
+            }
+            stderr.write(Data("released \(granted)\n".utf8))
+            await redlock.close()
+        } catch {
+            stderr.write(Data("error: \(error)\n".utf8))
+            exit(3)
+        }
     }
 
     @Test func withLockRethrowsTheBodysErrorAndReleases() async throws {

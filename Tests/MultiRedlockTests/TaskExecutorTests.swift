@@ -99,3 +99,47 @@ struct TaskExecutorTests {
         await redlock.close()
     }
 }
+
+/// The tests' `.ownExecutor` trait: the test and its child tasks run on the test's own queue, also
+/// when they resume from a sleep or from a mock node's answer; a `Task {}` must be told.
+@Suite("the tests' own executor", .ownExecutor)
+struct OwnExecutorTraitTests {
+    @Test func theTestItsTasksAndTheirResumptionsRunOnItsQueue() async throws {
+        let executor = try #require(OwnExecutorTrait.executor)
+        #expect(executor.isCurrent)
+        try await Task.sleep(for: .milliseconds(5))
+        #expect(executor.isCurrent, "after a sleep")
+        let child = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: .milliseconds(5))
+                return executor.isCurrent
+            }
+            return await group.next() ?? false
+        }
+        #expect(child, "a child task")
+        // A `Task {}` does not inherit the preference: it runs on the global executor unless told.
+        let unstructured = await Task {
+            try? await Task.sleep(for: .milliseconds(5))
+            return executor.isCurrent
+        }.value
+        #expect(!unstructured, "a Task {}")
+        let told = await Task(executorPreference: executor) {
+            try? await Task.sleep(for: .milliseconds(5))
+            return executor.isCurrent
+        }.value
+        #expect(told, "a Task(executorPreference:)")
+        let redlock = try Redlock(nodes: [MockRedlockNode(name: "a")])
+        let lock = try await redlock.lock("r", ttl: .seconds(5))
+        #expect(executor.isCurrent, "after a lock's fan-out")
+        _ = try await redlock.release(lock)
+        #expect(executor.isCurrent, "after a release")
+    }
+
+    /// Under another executor preference, the code is off the queue, and `isCurrent` says so.
+    @Test func anotherPreferenceLeavesTheQueue() async {
+        #expect(OwnExecutorTrait.executor?.isCurrent == true)
+        await withTaskExecutorPreference(globalConcurrentExecutor) {
+            #expect(OwnExecutorTrait.executor?.isCurrent == false)
+        }
+    }
+}

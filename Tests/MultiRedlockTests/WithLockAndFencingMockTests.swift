@@ -24,16 +24,17 @@ private func options(
     return options
 }
 
-@Suite("withLock over mock nodes")
+/// On executors of their own (`.ownExecutor`): these tests check what withLock's background renewal
+/// does on time, and on the cooperative pool the renewal waited behind the whole suite's first jobs
+/// (7 s under AddressSanitizer in CI, past a 5 s ttl's validity).
+@Suite("withLock over mock nodes", .ownExecutor)
 struct WithLockMockTests {
     @Test("renews while the body outlives the ttl, then releases on every node")
     func renewsAndReleases() async throws {
         let nodes = realTimeNodes(3)
         let redlock = try Redlock(nodes: nodes, options: options())
         let seen = Locked<[String]>([])
-        // A ttl of 6 s: under `make test` other suites can keep the cooperative pool busy for seconds
-        // (a 3 s ttl's renewal came too late under CI-like load), and a renewal that comes too late
-        // fails the test for the wrong reason.
+        // A ttl of 6 s: the renewal is due 2 s in, with 4 s to spare for a loaded machine.
         let result = try await redlock.withLock("r", ttl: .seconds(6)) { held in
             // 1.5 ttls long: without renewals the keys would expire under the body.
             for _ in 0..<3 {
@@ -91,7 +92,7 @@ struct WithLockMockTests {
         let redlock = try Redlock(nodes: nodes, options: options())
         let bodyRunning = Atomic<Bool>(false)
         let bodyCancelled = Atomic<Bool>(false)
-        let task = Task {
+        let task = Task(executorPreference: OwnExecutorTrait.executor) {
             try await redlock.withLock("r", ttl: .seconds(30)) { _ in
                 bodyRunning.store(true, ordering: .sequentiallyConsistent)
                 do {
@@ -112,9 +113,10 @@ struct WithLockMockTests {
         #expect(throws: CancellationError.self) { try result.get() }
         let wasCancelled = bodyCancelled.load(ordering: .sequentiallyConsistent)
         #expect(wasCancelled)
-        // Released (not left to expire in 30 s) on every node.
+        // Released (not left to expire in 30 s) on every node. The release is a task of the
+        // Redlock's, on the cooperative pool: the bound leaves room for the pool's backlog.
         #expect(
-            await eventually(timeout: .seconds(2)) { nodes.allSatisfy { $0.value(of: "r") == nil } },
+            await eventually(timeout: .seconds(10)) { nodes.allSatisfy { $0.value(of: "r") == nil } },
             "\(nodes.map(\.calls))")
         for node in nodes { #expect(node.calls.contains(.release(key: "r", value: value)), "\(node.name)") }
     }
@@ -151,8 +153,10 @@ struct WithLockMockTests {
         struct BodyFailed: Error {}
         let nodes = realTimeNodes(3)
         let redlock = try Redlock(nodes: nodes, options: options(nodeTimeout: .milliseconds(50)))
+        let value = Locked<String?>(nil)
         let error = try await #require(throws: RedlockError.self) {
             try await redlock.withLock("r", ttl: .seconds(5)) { held in
+                value.withLock { $0 = held.value }
                 // Someone deletes the keys on a majority: the next renewal is refused (.notHeld).
                 nodes[0].removeAll()
                 nodes[1].removeAll()
@@ -170,8 +174,14 @@ struct WithLockMockTests {
         // The loss is what the caller must hear about, not the body's own error.
         #expect(error.kind == .lost, "\(error)")
         #expect(error.nodes.contains { $0.outcome == .refused }, "\(error)")
-        // And nothing of ours is left on the node that still had it.
-        #expect(await eventually(timeout: .seconds(2)) { nodes.allSatisfy { $0.value(of: "r") == nil } })
+        // And the node that still had it was asked to release it, not left to let it expire. The
+        // release is a task on the cooperative pool: the bound leaves room for the pool's backlog,
+        // and the call is checked, not the key, which expires by itself 5 s in.
+        let released = try #require(value.withLock { $0 })
+        #expect(
+            await eventually(timeout: .seconds(10)) {
+                nodes[2].calls.contains(.release(key: "r", value: released))
+            }, "\(nodes[2].calls)")
     }
 }
 

@@ -137,8 +137,9 @@ struct DurationParsingTests {
     }
 }
 
-/// The same, through the binary against real servers.
-@Suite("redlock durations and signals, end to end", .serialized)
+/// The same, through the binary against real servers; each test on an executor of its own, as the
+/// tool's other end-to-end tests (see `RedlockCLITests`).
+@Suite("redlock durations and signals, end to end", .serialized, .ownExecutor)
 struct DurationAndSignalCLITests {
     @Test func ttlWithAUnitReachesTheServers() async throws {
         let servers = try await Servers.start()

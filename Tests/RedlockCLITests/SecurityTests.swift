@@ -15,7 +15,8 @@ import Testing
 // Issue 14: secrets and hostile input, checked on the `redlock` and `redlock-bench` binaries run as
 // child processes against real local redis-servers (and, for a server's hostile error text, a
 // listener on 127.0.0.1 that answers every command with that text).
-@Suite("redlock: secrets and hostile input", .serialized)
+/// On executors of their own, as the tool's other end-to-end tests (see `RedlockCLITests`).
+@Suite("redlock: secrets and hostile input", .serialized, .ownExecutor)
 struct SecurityTests {
     // MARK: - What COMMAND inherits
 

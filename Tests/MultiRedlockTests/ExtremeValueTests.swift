@@ -219,10 +219,13 @@ import Testing
                 try await onMocks(options { $0.nodeTimeout = timeout }) { try await lockAndRelease($0) }
             }
         }
-        for (label, timeout) in [("100 years", hundredYears), ("1 ms", .milliseconds(1))] {
-            add("options.nodeTimeout \(label)", .works) { _ in
-                try await onMocks(options { $0.nodeTimeout = timeout }) { try await lockAndRelease($0) }
-            }
+        add("options.nodeTimeout 100 years", .works) { _ in
+            try await onMocks(options { $0.nodeTimeout = hundredYears }) { try await lockAndRelease($0) }
+        }
+        // 1 ms is accepted; whether the answers come within it is timing (the timeout is strict, and
+        // one answer in a loaded `make test` took longer): granted, or a typed timeout.
+        add("options.nodeTimeout 1 ms", .works, .fails(.quorumUnavailable)) { _ in
+            try await onMocks(options { $0.nodeTimeout = .milliseconds(1) }) { try await lockAndRelease($0) }
         }
         // maxHold: how long withLock keeps renewing.
         for (label, hold) in [("Int64.max s", huge), ("zero", .zero), ("-1 ns", .nanoseconds(-1))] {

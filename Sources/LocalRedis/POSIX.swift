@@ -52,8 +52,9 @@ struct Deadline {
     }
 }
 
-/// Sleeps the calling thread (not a task) for `duration`, resuming after EINTR.
-func sleepThread(_ duration: Duration) {
+/// Sleeps the calling thread (not a task) for `duration`, resuming after EINTR. Package-wide: the
+/// tests that block threads of the cooperative pool on purpose use it too.
+package func sleepThread(_ duration: Duration) {
     guard duration > .zero else { return }
     let parts = duration.components
     var request = timespec(

@@ -39,8 +39,8 @@ extension Redlock {
     /// While the body runs, the lock is renewed in the background a third of the way through each
     /// validity. The renewals of a Redlock over servers run on its connections' queue (see
     /// ``taskExecutor``), not on the cooperative pool: a body, or other work, that keeps the pool's
-    /// threads busy does not delay them. When renewing fails until the validity runs out (or a quorum says the lock is no
-    /// longer held, or ``RedlockOptions/maxHold`` is reached), the body's task is **cancelled**, and
+    /// threads busy does not delay them. When renewing fails until the validity runs out (or a
+    /// quorum says the lock is no longer held, or ``RedlockOptions/maxHold`` is reached), the body's task is **cancelled**, and
     /// `withLock` throws ``RedlockError/Kind/lost`` once the body returns. Inside the body,
     /// ``HeldLock/isValid`` and ``HeldLock/remainingValidity`` tell how things stand.
     ///
@@ -77,7 +77,7 @@ extension Redlock {
                     // its timers and renewals then never wait behind the cooperative pool's queue,
                     // so a pool kept busy (or blocked) by other work, the body included, does not
                     // make the lock lapse.
-                    group.addTask(executorPreference: ioQueue.map { ConnectionQueueExecutor.of($0) }) {
+                    group.addTask(executorPreference: connectionExecutor) {
                         await self.keep(held, ttl: ttl, holdUntil: started + options.maxHold)
                         return nil
                     }

@@ -43,6 +43,9 @@ public final class Redlock: Sendable {
     /// The one serial queue all the nodes' connections run on, when this Redlock made them: a
     /// fan-out then costs one hop to it, however many nodes there are.
     let ioQueue: DispatchQueue?
+    /// The task executor on `ioQueue` (nil without one): ``taskExecutor``, and where withLock's
+    /// renewals run. Looked up once here (the lookup takes a process-wide lock).
+    let connectionExecutor: ConnectionQueueExecutor?
     let state: Locked<State>
     /// Acquire attempts and releases under way: ``close()`` waits for them.
     let operationsInFlight = InFlightOperations()
@@ -147,6 +150,7 @@ public final class Redlock: Sendable {
         self.names = names
         fencingNodes = nodes.map { $0 as? any FencingRedlockNode }
         self.ioQueue = ioQueue
+        connectionExecutor = ioQueue.map { ConnectionQueueExecutor.of($0) }
         quorum = nodes.count / 2 + 1
         state = Locked(
             State(
@@ -184,7 +188,7 @@ public final class Redlock: Sendable {
     /// }
     /// ```
     public var taskExecutor: any TaskExecutor {
-        ioQueue.map { ConnectionQueueExecutor.of($0) } ?? globalConcurrentExecutor
+        connectionExecutor ?? globalConcurrentExecutor
     }
 
     // MARK: Configuration and events

@@ -1,9 +1,6 @@
 import Foundation
+import LocalRedis
 import Testing
-
-#if canImport(Glibc)
-    import Glibc
-#endif
 
 /// A search for tests that depend on the cooperative pool's promptness, not a test of the library:
 /// with `MULTIREDLOCK_TEST_HOLD_POOL_AT_MS` set (`make test-pool-held HOLD_AT_MS=…`), these block
@@ -18,15 +15,12 @@ struct PoolHoldTests {
         Int($0)
     }
 
-    /// Three blockers (more than the pool's threads here, one per core), each holding its thread until
-    /// the same instant.
+    /// Three blockers (more than the pool's threads here, one per core), each holding its thread for
+    /// 7 s.
     @Test(.enabled(if: holdAt != nil), arguments: 0..<3)
     func holdThePool(blocker: Int) async throws {
         let holdAt = try #require(Self.holdAt)
         try await Task.sleep(for: .milliseconds(holdAt))
-        let until = ContinuousClock.now + .seconds(7)
-        while ContinuousClock.now < until {
-            usleep(UInt32((until - ContinuousClock.now) / .microseconds(1)))
-        }
+        sleepThread(.seconds(7))
     }
 }

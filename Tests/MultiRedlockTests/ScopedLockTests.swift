@@ -182,8 +182,7 @@ struct ScopedLockTests {
                     // `until`: a thread that takes one is held to the end, whatever the pool's width.
                     for _ in 0..<16 {
                         tasks.addTask(executorPreference: globalConcurrentExecutor) {
-                            let left = until - ContinuousClock.now
-                            if left > .zero { usleep(UInt32(left / .microseconds(1))) }
+                            sleepThread(until - ContinuousClock.now)
                             return nil
                         }
                     }

@@ -162,6 +162,51 @@ struct ScopedLockTests {
         for server in group.servers { #expect(try await server.cli("EXISTS", resource) == "0") }
     }
 
+    /// The next lock of the same resource, taken by another client the moment withLock returns, is
+    /// untouched by the first lock's renewals, which now run on the connections' queue: withLock
+    /// returns only once its renewing task has ended (no renewal is sent after it), and nothing of
+    /// the first lock extends or deletes the second's keys. The bodies outlive the ttl (so renewals ran) and end at a
+    /// different point of the renewal cycle each round.
+    @Test func theNextHolderIsUntouchedByTheRenewalsOfTheLockBefore() async throws {
+        let group = try await RedisServerGroup.start(count: 3)
+        defer { group.stopInBackground() }
+        let first = try await Self.redlock(group, Self.options(nodeTimeout: .milliseconds(200)))
+        let second = try await Self.redlock(group, Self.options(nodeTimeout: .milliseconds(200)))
+        let resource = RedlockIntegrationTests.uniqueResource()
+        for round in 0..<6 {
+            // ttl 600 ms: a renewal about every 200 ms; the body ends 700 to 800 ms in.
+            try await first.withLock(resource, ttl: .milliseconds(600)) { _ in
+                try await Task.sleep(for: .milliseconds(700 + 20 * round))
+            }
+            // Once the release has landed everywhere, the first client sends nothing more: no
+            // script call (a renewal is one) reaches any server from here on.
+            try await waitUntil("released on every server") {
+                try await group.servers.asyncMap { try await $0.cli("EXISTS", resource) } == ["0", "0", "0"]
+            }
+            let scriptsBefore = try await group.servers.asyncMap {
+                try await Fault.commandCalls($0, "evalsha")
+            }
+            let next = try await second.lock(resource, ttl: .seconds(5))
+            // Longer than a renewal cycle of the first lock.
+            try await Task.sleep(for: .milliseconds(400))
+            let scriptsAfter = try await group.servers.asyncMap {
+                try await Fault.commandCalls($0, "evalsha")
+            }
+            #expect(scriptsAfter == scriptsBefore, "round \(round): script calls after withLock returned")
+            for server in group.servers {
+                #expect(try await server.cli("GET", resource) == next.value, "round \(round)")
+                // Set with 5,000 ms at least 400 ms ago: never extended since.
+                let left = Int(try await server.cli("PTTL", resource)) ?? -1
+                #expect(left > 0 && left <= 4_600, "round \(round): PTTL \(left)")
+            }
+            #expect(
+                try await second.release(next) == 3,
+                "round \(round): all three keys were still the next lock's")
+        }
+        await first.close()
+        await second.close()
+    }
+
     /// In a child process: holds `resource` with withLock (ttl 1.5 s) while every pool thread is
     /// blocked for 4 s, and reports on standard error whether the pool was blocked (a task queued
     /// meanwhile waited 3 s or more) and whether the lock was held afterwards (valid, and its keys
